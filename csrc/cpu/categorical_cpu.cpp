@@ -1,0 +1,226 @@
+// CPU kernel of mdm_ext::sample_categorical: the rule of categorical.h, one row per task.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "../categorical.h"
+#include "../op_checks.h"
+
+namespace mdm_ext {
+namespace {
+
+struct SampleArgs {
+  int64_t kind;
+  double temperature;
+  int64_t exclude;  // -1: none
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// Host replay of the CUDA warp reduction: lane l sums tokens begin + l + kLanes * k in k order,
+// then lanes combine by xor butterfly. Tokens past `end` add 0, as idle CUDA lanes do.
+template <typename acc_t, typename Term>
+acc_t canonical_block_sum(int64_t begin, int64_t end, const Term& term) {
+  acc_t lane[kLanes] = {};
+  if (end - begin == kBlock) {  // full block: a branch-free loop the compiler vectorises
+    for (int k = 0; k < kPerLane; ++k)
+      for (int l = 0; l < kLanes; ++l) lane[l] = add(lane[l], term(begin + k * kLanes + l));
+  } else {
+    for (int k = 0; k < kPerLane; ++k)
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t i = begin + k * kLanes + l;
+        lane[l] = add(lane[l], i < end ? term(i) : acc_t(0));
+      }
+  }
+  for (int step = kLanes / 2; step > 0; step /= 2) {
+    acc_t next[kLanes];
+    for (int l = 0; l < kLanes; ++l) next[l] = add(lane[l], lane[l ^ step]);
+    std::copy(next, next + kLanes, lane);
+  }
+  return lane[0];
+}
+
+// One row of scores with the excluded token masked out.
+template <typename scalar_t>
+struct RowScores {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const scalar_t* data;
+  int64_t vocab;
+  int64_t exclude;
+
+  // A logit, -inf when excluded.
+  acc_t logit(int64_t i) const {
+    return i == exclude ? -std::numeric_limits<acc_t>::infinity() : acc_t(data[i]);
+  }
+  // A probability, 0 when excluded.
+  double prob(int64_t i) const { return i == exclude ? 0.0 : double(data[i]); }
+};
+
+// Largest logit of [begin, end); `bad` is set by NaN or +inf.
+template <typename acc_t, typename Row>
+acc_t block_max(const Row& row, int64_t begin, int64_t end, bool& bad) {
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = begin; i < end; ++i) {
+    const acc_t x = row.logit(i);
+    bad |= is_nan_or_pos_inf(x);
+    best = std::max(best, x);
+  }
+  return best;
+}
+
+// The row's draw under the exact blockwise rule (categorical.h).
+template <typename scalar_t>
+int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const SampleArgs& args,
+                   RowError& error) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  const double inv_t = 1.0 / args.temperature;
+  const acc_t inv_t_acc = static_cast<acc_t>(inv_t);
+  const int64_t num_blocks = (row.vocab + kBlock - 1) / kBlock;
+  auto block_end = [&](int64_t b) { return std::min(row.vocab, (b + 1) * kBlock); };
+  // Float32 upper bound of a logit block's mass relative to e^{max / T}.
+  auto upper_mass = [&](int64_t b, acc_t max) {
+    const float sum = canonical_block_sum<float>(b * kBlock, block_end(b), [&](int64_t i) {
+      return proposal_term<acc_t>(row.logit(i), max, inv_t_acc);
+    });
+    return mul(double(sum), 1.0 + kProposalSlack);
+  };
+
+  int64_t block = -1;
+  for (int round = 0; round < kMaxRounds; ++round) {
+    double best = -kInf;
+    block = -1;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      double log_mass;
+      bool bad = false;
+      if (args.kind == kLogits) {
+        const acc_t max = block_max<acc_t>(row, b * kBlock, block_end(b), bad);
+        if (bad) return error = kRowNonFinite, -1;
+        if (max == -std::numeric_limits<acc_t>::infinity()) continue;
+        log_mass = add(log_f64(upper_mass(b, max)), mul(double(max), inv_t));
+      } else {
+        for (int64_t i = b * kBlock; i < block_end(b); ++i) bad |= is_bad_probability(row.prob(i));
+        if (bad) return error = kRowNonFinite, -1;
+        const double mass =
+            canonical_block_sum<double>(b * kBlock, block_end(b), [&](int64_t i) { return row.prob(i); });
+        if (!(mass < kInf)) return error = kRowNonFinite, -1;
+        if (mass == 0.0) continue;
+        log_mass = log_f64(mass);
+      }
+      const double score =
+          add(log_mass, gumbel_f64(random_bits(args.seed, args.offset, kBlockNoise + round, row_id, b)));
+      if (score > best) best = score, block = b;
+    }
+    if (block < 0) return error = kRowEmpty, -1;
+    if (args.kind == kProbs) break;
+    bool unused = false;
+    const acc_t max = block_max<acc_t>(row, block * kBlock, block_end(block), unused);
+    const double exact = canonical_block_sum<double>(block * kBlock, block_end(block), [&](int64_t i) {
+      return exact_term(double(row.logit(i)), double(max), inv_t);
+    });
+    const double accept = div(exact, upper_mass(block, max));
+    if (uniform53(random_bits(args.seed, args.offset, kAcceptNoise, row_id, round)) < accept) break;
+  }
+
+  int64_t choice = -1;
+  double best = -kInf;
+  for (int64_t i = block * kBlock; i < block_end(block); ++i) {
+    const double base = args.kind == kLogits ? mul(double(row.logit(i)), inv_t) : log_f64(row.prob(i));
+    if (base == -kInf) continue;
+    const double score = add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, row_id, i)));
+    if (score > best) best = score, choice = i;
+  }
+  return choice;
+}
+
+// Temperature 0: the first index of the largest logit.
+template <typename scalar_t>
+int64_t argmax_row(const RowScores<scalar_t>& row, RowError& error) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  bool bad = false;
+  int64_t choice = -1;
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = 0; i < row.vocab; ++i) {
+    const acc_t x = row.logit(i);
+    bad |= is_nan_or_pos_inf(x);
+    if (x > best) best = x, choice = i;
+  }
+  if (bad) return error = kRowNonFinite, -1;
+  if (choice < 0) return error = kRowEmpty, -1;
+  return choice;
+}
+
+// The common float32 recipe, (p / (1e-10 - log(u + 1e-10))).argmax() with 24-bit u, for
+// studying its bias. Logits use e^{(x - max) / T} for p: the missing division by the row sum
+// scales every score alike, so only float32 rounding differs.
+template <typename scalar_t>
+int64_t legacy_row(const RowScores<scalar_t>& row, uint64_t row_id, const SampleArgs& args,
+                   RowError& error) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  bool bad = false, any = false;
+  acc_t max = -std::numeric_limits<acc_t>::infinity();
+  if (args.kind == kLogits) {
+    max = block_max<acc_t>(row, 0, row.vocab, bad);
+    any = max > -std::numeric_limits<acc_t>::infinity();
+  } else {
+    for (int64_t i = 0; i < row.vocab; ++i) {
+      bad |= is_bad_probability(row.prob(i));
+      any |= row.prob(i) > 0.0;
+    }
+  }
+  if (bad) return error = kRowNonFinite, -1;
+  if (!any) return error = kRowEmpty, -1;
+  const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+  int64_t choice = -1;
+  float best = -1.0f;
+  for (int64_t i = 0; i < row.vocab; ++i) {
+    const float p = args.kind == kLogits ? proposal_term<acc_t>(row.logit(i), max, inv_t)
+                                         : float(row.prob(i));
+    const float u = uniform24(random_bits(args.seed, args.offset, kLegacyNoise, row_id, i));
+    const float score = div(p, add(1e-10f, -log_f32(add(u, 1e-10f))));
+    if (score > best) best = score, choice = i;
+  }
+  return choice;
+}
+
+at::Tensor sample_categorical_cpu(const at::Tensor& scores, int64_t kind, double temperature,
+                                  int64_t exclude, int64_t seed, int64_t offset,
+                                  bool legacy_float32) {
+  check_sample_args(scores, kind, temperature, exclude, seed, offset);
+  const at::Tensor rows = as_rows(scores, kind == kProbs ? "probs" : "logits");
+  const int64_t num_rows = rows.size(0), vocab = rows.size(1), row_stride = rows.stride(0);
+  at::Tensor out = at::empty({num_rows}, scores.options().dtype(at::kLong));
+  int64_t* out_data = out.data_ptr<int64_t>();
+  const SampleArgs args{kind, temperature, exclude, uint64_t(seed), uint64_t(offset)};
+  std::atomic<int64_t> first_bad{INT64_MAX};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "sample_categorical", [&] {
+    const scalar_t* data = rows.const_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / vocab);
+    at::parallel_for(0, num_rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RowScores<scalar_t> row{data + r * row_stride, vocab, exclude};
+        RowError error = kRowOk;
+        out_data[r] = temperature == 0.0 ? argmax_row(row, error)
+                      : legacy_float32   ? legacy_row(row, uint64_t(r), args, error)
+                                         : sample_row(row, uint64_t(r), args, error);
+        if (error != kRowOk) {
+          int64_t seen = first_bad.load();
+          while (r * 4 + error < seen && !first_bad.compare_exchange_weak(seen, r * 4 + error)) {}
+        }
+      }
+    });
+  });
+  if (first_bad.load() != INT64_MAX) raise_row_error(kind, first_bad.load());
+  return out.view(scores.sizes().slice(0, scores.dim() - 1));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdm_ext, CPU, m) { m.impl("sample_categorical", &sample_categorical_cpu); }
+
+}  // namespace mdm_ext

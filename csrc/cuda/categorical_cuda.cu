@@ -1,0 +1,271 @@
+// CUDA kernel of mdm_ext::sample_categorical: the rule of categorical.h, one row per thread
+// block of kLanes * (kBlock / kLanes) threads; warp w proposes blocks w, w + 8, ... and each of
+// its lanes holds kPerLane tokens of a block, in the canonical order the CPU kernel replays.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <type_traits>
+
+#include "../categorical.h"
+#include "../op_checks.h"
+#include "reduce.cuh"
+
+namespace mdm_ext {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / kWarpSize;
+static_assert(kLanes == kWarpSize, "a block's lanes are a warp's lanes");
+static_assert(kBlock == kThreads, "the final in-block draw gives each thread one token");
+
+struct SampleArgs {
+  int64_t kind;
+  double temperature;
+  int64_t exclude;
+  uint64_t seed;
+  uint64_t offset;
+};
+
+template <typename scalar_t>
+struct RowScores {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const scalar_t* data;
+  int64_t vocab;
+  int64_t exclude;
+
+  __device__ acc_t logit(int64_t i) const {
+    return i == exclude ? -std::numeric_limits<acc_t>::infinity() : static_cast<acc_t>(data[i]);
+  }
+  __device__ double prob(int64_t i) const { return i == exclude ? 0.0 : static_cast<double>(data[i]); }
+};
+
+template <typename T>
+__device__ T warp_sum(T value) {
+  return warp_reduce(value, [](T a, T b) { return add(a, b); });
+}
+
+// One block's proposal, computed by a warp: log of the upper bound of its mass (logits) or of
+// its mass (probs), -inf for an empty block. `bad` reports an invalid entry.
+template <typename scalar_t>
+__device__ double propose_block(const RowScores<scalar_t>& row, int64_t b, const SampleArgs& args, bool& bad) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
+  if (args.kind == kLogits) {
+    acc_t values[kPerLane];
+    acc_t max = -std::numeric_limits<acc_t>::infinity();
+    bool lane_bad = false;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int64_t i = begin + k * kLanes + lane;
+      values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
+      lane_bad |= is_nan_or_pos_inf(values[k]);
+      max = values[k] > max ? values[k] : max;
+    }
+    bad = __any_sync(kFullWarp, lane_bad);
+    max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
+    if (bad || max == -std::numeric_limits<acc_t>::infinity()) return -kInf;
+    const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int64_t i = begin + k * kLanes + lane;
+      sum = add(sum, i < end ? proposal_term<acc_t>(values[k], max, inv_t) : 0.0f);
+    }
+    sum = warp_sum(sum);
+    return add(log_f64(mul(double(sum), 1.0 + kProposalSlack)), mul(double(max), 1.0 / args.temperature));
+  }
+  double sum = 0.0;
+  bool lane_bad = false;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int64_t i = begin + k * kLanes + lane;
+    const double p = i < end ? row.prob(i) : 0.0;
+    lane_bad |= is_bad_probability(p);
+    sum = add(sum, p);
+  }
+  sum = warp_sum(sum);
+  bad = __any_sync(kFullWarp, lane_bad) || !(sum < kInf);
+  return bad || sum == 0.0 ? -kInf : log_f64(sum);
+}
+
+// Acceptance probability of logit block b, computed by a warp: float64 mass / float32 bound.
+template <typename scalar_t>
+__device__ double acceptance(const RowScores<scalar_t>& row, int64_t b, const SampleArgs& args) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
+  acc_t values[kPerLane];
+  acc_t max = -std::numeric_limits<acc_t>::infinity();
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int64_t i = begin + k * kLanes + lane;
+    values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
+    max = values[k] > max ? values[k] : max;
+  }
+  max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
+  const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+  float bound = 0.0f;
+  double exact = 0.0;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int64_t i = begin + k * kLanes + lane;
+    bound = add(bound, i < end ? proposal_term<acc_t>(values[k], max, inv_t) : 0.0f);
+    exact = add(exact, i < end ? exact_term(double(values[k]), double(max), 1.0 / args.temperature) : 0.0);
+  }
+  return div(warp_sum(exact), mul(double(warp_sum(bound)), 1.0 + kProposalSlack));
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sample_rows_kernel(const scalar_t* __restrict__ scores, int64_t num_rows, int64_t vocab, int64_t row_stride,
+                       SampleArgs args, int64_t* __restrict__ out, unsigned long long* first_bad) {
+  __shared__ ScoredIndex<double> scratch[kWarps];
+  __shared__ int row_bad;
+  __shared__ int accepted;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t num_blocks = (vocab + kBlock - 1) / kBlock;
+  for (int64_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
+    const RowScores<scalar_t> row{scores + r * row_stride, vocab, args.exclude};
+    int64_t block = -1;
+    for (int round = 0; round < kMaxRounds; ++round) {
+      if (threadIdx.x == 0) row_bad = 0;
+      __syncthreads();
+      ScoredIndex<double> best{-kInf, -1};
+      for (int64_t b = warp; b < num_blocks; b += kWarps) {
+        bool bad = false;
+        const double log_mass = propose_block(row, b, args, bad);
+        if (bad && lane == 0) row_bad = 1;
+        if (lane == 0 && log_mass > -kInf) {
+          const double score =
+              add(log_mass, gumbel_f64(random_bits(args.seed, args.offset, kBlockNoise + round, r, b)));
+          best = better(best, ScoredIndex<double>{score, b});
+        }
+      }
+      best = block_argmax(best, scratch);  // synchronises, so row_bad is visible
+      block = best.index;
+      if (row_bad || block < 0) {
+        if (threadIdx.x == 0) record_row_error(first_bad, r, row_bad ? kRowNonFinite : kRowEmpty);
+        block = -1;
+        break;
+      }
+      if (args.kind == kProbs) break;
+      if (warp == 0) {
+        const double accept = acceptance(row, block, args);
+        if (lane == 0)
+          accepted = uniform53(random_bits(args.seed, args.offset, kAcceptNoise, r, round)) < accept;
+      }
+      __syncthreads();
+      if (accepted) break;
+    }
+    if (block < 0) {
+      if (threadIdx.x == 0) out[r] = -1;
+      __syncthreads();
+      continue;
+    }
+    // Float64 Gumbel-max inside the chosen block: one token per thread.
+    const int64_t i = block * kBlock + threadIdx.x;
+    ScoredIndex<double> token{-kInf, -1};
+    if (i < vocab) {
+      const double base = args.kind == kLogits ? mul(double(row.logit(i)), 1.0 / args.temperature)
+                                               : log_f64(row.prob(i));
+      if (base > -kInf)
+        token = {add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, r, i))), i};
+    }
+    token = block_argmax(token, scratch);
+    if (threadIdx.x == 0) out[r] = token.index;
+  }
+}
+
+// Temperature 0 (argmax of logits) and the legacy float32 recipe: both a per-row argmax of a
+// per-token score, after a first pass for the row maximum and validity.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    argmax_rows_kernel(const scalar_t* __restrict__ scores, int64_t num_rows, int64_t vocab, int64_t row_stride,
+                       SampleArgs args, bool legacy, int64_t* __restrict__ out, unsigned long long* first_bad) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  __shared__ ScoredIndex<float> scratch_f[kWarps];
+  __shared__ ScoredIndex<acc_t> scratch_acc[kWarps];
+  __shared__ int flags[kWarps];
+  for (int64_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
+    const RowScores<scalar_t> row{scores + r * row_stride, vocab, args.exclude};
+    bool bad = false, any = false;
+    ScoredIndex<acc_t> max{-std::numeric_limits<acc_t>::infinity(), -1};
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      if (args.kind == kLogits) {
+        const acc_t x = row.logit(i);
+        bad |= is_nan_or_pos_inf(x);
+        if (x > -std::numeric_limits<acc_t>::infinity()) max = better(max, ScoredIndex<acc_t>{x, i});
+      } else {
+        bad |= is_bad_probability(row.prob(i));
+        any |= row.prob(i) > 0.0;
+      }
+    }
+    max = block_argmax(max, scratch_acc);
+    const int code = block_reduce(int(bad) * 2 + int(any), [](int a, int b) { return a | b; }, flags);
+    bad = code & 2;
+    any = args.kind == kLogits ? max.index >= 0 : (code & 1);
+    if (bad || !any) {
+      if (threadIdx.x == 0) {
+        record_row_error(first_bad, r, bad ? kRowNonFinite : kRowEmpty);
+        out[r] = -1;
+      }
+      continue;
+    }
+    if (!legacy) {
+      if (threadIdx.x == 0) out[r] = max.index;
+      continue;
+    }
+    const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+    ScoredIndex<float> best{-1.0f, -1};
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float p = args.kind == kLogits ? proposal_term<acc_t>(row.logit(i), max.score, inv_t)
+                                           : float(row.prob(i));
+      const float u = uniform24(random_bits(args.seed, args.offset, kLegacyNoise, r, i));
+      best = better(best, ScoredIndex<float>{div(p, add(1e-10f, -log_f32(add(u, 1e-10f)))), i});
+    }
+    best = block_argmax(best, scratch_f);
+    if (threadIdx.x == 0) out[r] = best.index;
+  }
+}
+
+at::Tensor sample_categorical_cuda(const at::Tensor& scores, int64_t kind, double temperature, int64_t exclude,
+                                   int64_t seed, int64_t offset, bool legacy_float32) {
+  check_sample_args(scores, kind, temperature, exclude, seed, offset);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const at::Tensor rows = as_rows(scores, kind == kProbs ? "probs" : "logits");
+  const int64_t num_rows = rows.size(0), vocab = rows.size(1);
+  at::Tensor out = at::empty({num_rows}, scores.options().dtype(at::kLong));
+  if (num_rows == 0) return out.view(scores.sizes().slice(0, scores.dim() - 1));
+  at::Tensor first_bad = at::full({1}, INT64_MAX, scores.options().dtype(at::kLong));
+  const SampleArgs args{kind, temperature, exclude, uint64_t(seed), uint64_t(offset)};
+  const unsigned grid = unsigned(std::min<int64_t>(num_rows, 1 << 20));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  auto* bad_ptr = reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "sample_categorical_cuda", [&] {
+    const scalar_t* data = rows.const_data_ptr<scalar_t>();
+    if (temperature == 0.0 || legacy_float32) {
+      argmax_rows_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(data, num_rows, vocab, rows.stride(0), args,
+                                                                  temperature != 0.0, out.data_ptr<int64_t>(), bad_ptr);
+    } else {
+      sample_rows_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(data, num_rows, vocab, rows.stride(0), args,
+                                                                  out.data_ptr<int64_t>(), bad_ptr);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const int64_t bad = first_bad.item<int64_t>();  // one sync: errors must surface as exceptions
+  if (bad != INT64_MAX) raise_row_error(kind, bad);
+  return out.view(scores.sizes().slice(0, scores.dim() - 1));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdm_ext, CUDA, m) { m.impl("sample_categorical", &sample_categorical_cuda); }
+
+}  // namespace mdm_ext
