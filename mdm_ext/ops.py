@@ -72,6 +72,13 @@ def _randomness(seed: Optional[int], offset: int) -> tuple[int, int]:
     return int(seed), int(offset)
 
 
+def _broadcasts_to(shape: torch.Size, target_shape: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target_shape) == target_shape
+    except RuntimeError:
+        return False
+
+
 def _token_id(value: Optional[int], vocab: int, name: str) -> int:
     if value is None:
         return -1
@@ -185,9 +192,13 @@ def masked_cross_entropy(
     _check_device(logits=logits, target=target)
     mask_id = _token_id(mask_id, logits.shape[-1], "mask_id")
     if weight is not None:
-        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
         _check_device(logits=logits, weight=weight)
-        weight = weight.detach().to(acc).expand(target.shape)
+        if not _broadcasts_to(weight.shape, target.shape):
+            raise ValueError(f"weight must broadcast to the shape of target {tuple(target.shape)}, "
+                             f"got {tuple(weight.shape)}")
+        weight = weight.detach().to(_acc_dtype(logits.dtype)).expand(target.shape)
     loss, _ = _ops.masked_cross_entropy.default(logits, target, weight, mask_id, int(ignore_index))
     if reduction == "sum":
         return loss.sum()
@@ -249,7 +260,8 @@ def choose_masked(
         raise TypeError(f"x must be an int64 tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() != 2:
         raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
-    counts = torch.as_tensor(k, device=x.device)
+    # A tensor k stays where it is, so that a k on another device is reported, not copied.
+    counts = k if isinstance(k, torch.Tensor) else torch.tensor(k, device=x.device)
     if counts.dtype.is_floating_point or counts.dtype == torch.bool:
         raise TypeError(f"k must be an int or an integer tensor, got {counts.dtype}")
     if counts.dim() > 1 or (counts.dim() == 1 and counts.shape[0] != x.shape[0]):

@@ -190,5 +190,5 @@ def choose_masked_ref(x: Tensor, mask_id: int, k: Union[int, Tensor], keys: Tens
     """
     masked = x == mask_id
     counts = torch.as_tensor(k, device=x.device).expand(x.shape[0])
-    ranks = keys.double().masked_fill(~masked, math.inf).argsort(-1, stable=True).argsort(-1)
+    ranks = keys.double().masked_fill(~masked, math.inf).argsort(dim=-1, stable=True).argsort(dim=-1)
     return masked & (ranks < counts[:, None])
