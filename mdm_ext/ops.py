@@ -105,7 +105,8 @@ def gumbel_argmax(
         seed, offset: the Philox stream; seed None draws one from torch's default generator.
         legacy_float32: reproduce the common float32 recipe
             ``(p / (1e-10 - log(u + 1e-10))).argmax()`` with 24-bit uniforms, whose Gumbel noise
-            stops at 16.64, to measure its bias. Not for sampling.
+            stops at 16.64, to measure its bias (its exact distribution:
+            ``reference.legacy_float32_probs``). Not for sampling.
 
     Returns:
         int64 indices [...].
@@ -120,7 +121,8 @@ def gumbel_argmax(
     float32 roundings in its exponent (|error| <= 3 * 2^-24 * 87 below the flush-to-zero point
     at -87) and the canonical 13-deep summation adds at most 13 * 2^-24, under 2e-5 in all,
     against a slack of 1e-4. The result follows softmax up to float64 rounding, like the
-    float64 reference ``argmax(logits.double() / T - log(-log(u)))``, at one read of the logits.
+    float64 reference ``argmax(logits.double() / T - log(-log(u)))`` (``reference.gumbel_argmax_ref``;
+    exact probabilities: ``reference.sampling_probs``), at one read of the logits.
     """
     _check_scores(logits, "logits")
     if not (temperature >= 0 and temperature < float("inf")):

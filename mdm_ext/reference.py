@@ -92,7 +92,25 @@ def _legacy_denominators() -> Tensor:
     """``1e-10 - log(u + 1e-10)`` in float32 over the whole uniform grid, as float64 [2^24],
     strictly decreasing in u (a token's score p / e(u) rises with its uniform)."""
     u = torch.arange(FLOAT32_UNIFORM_GRID, dtype=torch.float32) / FLOAT32_UNIFORM_GRID
-    return (1e-10 - (u + 1e-10).log()).double()
+    denominators = (1e-10 - (u + 1e-10).log()).double()
+    # legacy_float32_probs counts on distinct scores; a float32 log that rounded two grid points
+    # to one value would make it inexact, so refuse rather than answer slightly wrong.
+    if not bool((denominators[1:] < denominators[:-1]).all()):
+        raise RuntimeError("this platform's float32 log is not strictly monotone on the uniform grid")
+    return denominators
+
+
+def _count_above(descending: Tensor, ascending: Tensor, thresholds: Tensor) -> Tensor:
+    """#{j: descending[j] > t} for each of the decreasing thresholds t [N], int64 [N]. Binary
+    searches run only where t falls inside the grid's range: above it the count is 0, below it N."""
+    grid = len(descending)
+    first_positive = int((thresholds >= descending[0]).sum())
+    first_full = int((thresholds >= descending[-1]).sum())
+    counts = torch.full(thresholds.shape, grid, dtype=torch.int64)
+    counts[:first_positive] = 0
+    searched = thresholds[first_positive:first_full]
+    counts[first_positive:first_full] = grid - torch.searchsorted(ascending, searched, right=True)
+    return counts
 
 
 def legacy_float32_probs(probs: Tensor) -> Tensor:
@@ -109,7 +127,8 @@ def legacy_float32_probs(probs: Tensor) -> Tensor:
     Hence P(class c) = sum_k [((k+1)/N)^m_c - (k/N)^m_c] prod_{d != c} (#{...} / N)^m_d, shared
     equally by its tokens. Exact up to float32 ties between scores of unequal probabilities
     (argmax then takes the first index), whose effect is of relative order 2^-24.
-    Cost: one 2^24-point search per pair of distinct probability values.
+    Cost: up to one 2^24-point search per pair of distinct probability values (less for very
+    unequal ones).
     """
     p = probs.detach().cpu().float().double()
     if p.dim() != 1 or not bool((p >= 0).all()) or not bool((p > 0).any()):
@@ -119,18 +138,18 @@ def legacy_float32_probs(probs: Tensor) -> Tensor:
     denominators = _legacy_denominators()
     ascending = denominators.flip(0).contiguous()
     grid = FLOAT32_UNIFORM_GRID
-    best_cdf = torch.arange(grid + 1, dtype=torch.float64) / grid
     class_mass = torch.zeros(len(values), dtype=torch.float64)
     for c in range(len(values)):
         if values[c] == 0:
             continue
-        m_c = int(sizes[c])
-        weight = best_cdf[1:].pow(m_c) - best_cdf[:-1].pow(m_c)
-        for d in range(len(values)):
-            if d == c or values[d] == 0:
-                continue
-            threshold = denominators * float(values[d] / values[c])
-            below = grid - torch.searchsorted(ascending, threshold, right=True)
+        rivals = [d for d in range(len(values)) if d != c and values[d] > 0]
+        ratios = [float(values[d] / values[c]) for d in rivals]
+        # Grid points whose score the likeliest rival can never fall below add nothing: skip them.
+        start = int((denominators * max(ratios, default=0.0) >= denominators[0]).sum())
+        grid_cdf = torch.arange(start, grid + 1, dtype=torch.float64) / grid  # P(u < k / N)
+        weight = grid_cdf[1:].pow(int(sizes[c])) - grid_cdf[:-1].pow(int(sizes[c]))
+        for d, ratio in zip(rivals, ratios):
+            below = _count_above(denominators, ascending, denominators[start:] * ratio)
             weight *= (below.double() / grid).pow(int(sizes[d]))
         class_mass[c] = weight.sum()
     return class_mass[class_of] / sizes[class_of]

@@ -10,13 +10,13 @@ from conftest import random_logits, seeded
 from mdm_ext import ops
 
 OPS = torch.ops.mdm_ext
+SAMPLE = OPS.sample_categorical.default
 LOGITS_KIND, PROBS_KIND = 0, 1  # the score kinds of sample_categorical
 
 
 def opcheck_samples() -> dict[str, tuple[torch._ops.OpOverload, tuple]]:
     """Sample calls of every op, backward ops included; random ops get explicit seeds, so that
     their outputs are deterministic."""
-    sample = OPS.sample_categorical.default
     log_softmax, cross_entropy = OPS.masked_log_softmax.default, OPS.masked_cross_entropy.default
     logits = random_logits((3, 7)).requires_grad_()
     logits64 = random_logits((2, 3, 50), torch.float64).requires_grad_()
@@ -24,13 +24,15 @@ def opcheck_samples() -> dict[str, tuple[torch._ops.OpOverload, tuple]]:
     target = torch.tensor([1, 6, 0])
     weight = torch.rand(3, generator=seeded(1))
     _, lse = cross_entropy(logits.detach(), target, weight, 2, -100)
+    grad_loss = torch.rand(3, generator=seeded(3))
+    times = torch.rand(3, generator=seeded(5), dtype=torch.float64)
     return {
-        "sample_logits": (sample, (logits.detach(), LOGITS_KIND, 1.0, -1, 1, 0, False)),
-        "sample_tempered": (sample, (logits64.detach(), LOGITS_KIND, 0.7, 2, 5, 9, False)),
-        "sample_transposed": (sample, (random_logits((7, 3)).t(), LOGITS_KIND, 1.3, 0, 2, 1, False)),
-        "sample_argmax": (sample, (half.bfloat16(), LOGITS_KIND, 0.0, -1, 1, 1, False)),
-        "sample_probs": (sample, (torch.rand(4, 300), PROBS_KIND, 1.0, -1, 3, 2, False)),
-        "sample_legacy": (sample, (half, LOGITS_KIND, 0.5, 1, 7, 0, True)),
+        "sample_logits": (SAMPLE, (logits.detach(), LOGITS_KIND, 1.0, -1, 1, 0, False)),
+        "sample_tempered": (SAMPLE, (logits64.detach(), LOGITS_KIND, 0.7, 2, 5, 9, False)),
+        "sample_transposed": (SAMPLE, (random_logits((7, 3)).t(), LOGITS_KIND, 1.3, 0, 2, 1, False)),
+        "sample_argmax": (SAMPLE, (half.bfloat16(), LOGITS_KIND, 0.0, -1, 1, 1, False)),
+        "sample_probs": (SAMPLE, (torch.rand(4, 300, generator=seeded(2)), PROBS_KIND, 1.0, -1, 3, 2, False)),
+        "sample_legacy": (SAMPLE, (half, LOGITS_KIND, 0.5, 1, 7, 0, True)),
         "log_softmax": (log_softmax, (logits, 2)),
         "log_softmax_float64": (log_softmax, (logits64, 0)),
         "log_softmax_half": (log_softmax, (half.clone().requires_grad_(), 4)),
@@ -42,11 +44,11 @@ def opcheck_samples() -> dict[str, tuple[torch._ops.OpOverload, tuple]]:
         "cross_entropy_bfloat16": (cross_entropy,
                                    (logits.detach().bfloat16().requires_grad_(), target, weight, 2, 6)),
         "cross_entropy_backward": (OPS.masked_cross_entropy_backward.default,
-                                   (torch.rand(3), logits.detach(), target, weight, lse, 2, -100)),
+                                   (grad_loss, logits.detach(), target, weight, lse, 2, -100)),
         "first_hit_times": (OPS.first_hit_times.default,
-                            (torch.rand(4), torch.tensor([0, 1, 5, 2]), 0, 1, 2)),
+                            (torch.rand(4, generator=seeded(4)), torch.tensor([0, 1, 5, 2]), 0, 1, 2)),
         "first_hit_times_cosine": (OPS.first_hit_times.default,
-                                   (torch.rand(3, dtype=torch.float64), torch.tensor([3, 1, 8]), 2, 4, 0)),
+                                   (times, torch.tensor([3, 1, 8]), 2, 4, 0)),
         "choose_masked": (OPS.choose_masked.default,
                           (torch.tensor([[1, 9, 9, 4], [9, 2, 9, 9]]), 9, torch.tensor([1, 2]), 1, 2)),
     }
@@ -168,14 +170,11 @@ BAD_CALLS = {
     "k_shape": (ValueError, "^k must", lambda: choose(TARGET[None], 2, torch.tensor([1, 2]))),
     "k_meta": (ValueError, "k on meta", lambda: choose(TARGET[None], 2, torch.tensor([1], device="meta"))),
     # The compiled ops check their arguments too, for callers of torch.ops.mdm_ext.
-    "op_score_kind": (ValueError, "kind",
-                      lambda: OPS.sample_categorical.default(LOGITS, 7, 1.0, -1, 0, 0, False)),
+    "op_score_kind": (ValueError, "kind", lambda: SAMPLE(LOGITS, 7, 1.0, -1, 0, 0, False)),
     "op_temperature_on_probs": (ValueError, "temperature",
-                                lambda: OPS.sample_categorical.default(PROBS, 1, 0.5, -1, 0, 0, False)),
-    "op_exclude": (ValueError, "exclude",
-                   lambda: OPS.sample_categorical.default(LOGITS, LOGITS_KIND, 1.0, 9, 0, 0, False)),
-    "op_seed": (ValueError, "seed",
-                lambda: OPS.sample_categorical.default(LOGITS, LOGITS_KIND, 1.0, -1, -5, 0, False)),
+                                lambda: SAMPLE(PROBS, PROBS_KIND, 0.5, -1, 0, 0, False)),
+    "op_exclude": (ValueError, "exclude", lambda: SAMPLE(LOGITS, LOGITS_KIND, 1.0, 9, 0, 0, False)),
+    "op_seed": (ValueError, "seed", lambda: SAMPLE(LOGITS, LOGITS_KIND, 1.0, -1, -5, 0, False)),
     "op_mask_id": (ValueError, "mask_id", lambda: OPS.masked_log_softmax.default(LOGITS, 9)),
     "op_weight_dtype": (TypeError, "weight",
                         lambda: OPS.masked_cross_entropy.default(LOGITS, TARGET, TARGET.double(), 4, -100)),

@@ -48,6 +48,7 @@ def chisquare_pvalue(drawn: Tensor, probs: Tensor, min_expected: float = 5.0) ->
     cells = pooled_cells(expected, min_expected)
     possible = cells >= 0
     n_cells = int(cells.max()) + 1
+
     def per_cell(counts: Tensor) -> Tensor:
         return torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cells[possible], counts[possible])
 
