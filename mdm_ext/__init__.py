@@ -6,6 +6,7 @@ language) work before the compiled extension is loaded:
 - ``mdm_ext.ops``: the compiled kernels (categorical sampling, masked softmax / cross-entropy,
   first-hit times, masked-position choice).
 - ``mdm_ext.reference``: pure-PyTorch references that define what each op computes.
+- ``mdm_ext.denoiser``: the interface to a user's network (time-agnostic or time-conditioned).
 - ``mdm_ext.sample``: samplers (``import mdm_ext.sample`` is all a user's sampler needs).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "ops", "reference", "schedules", "sample", "loss", "models", "data", "train",
+    "ops", "reference", "schedules", "denoiser", "sample", "loss", "models", "data", "train",
     "language", "metrics", "reproduce", "cli",
 }
 

@@ -1,4 +1,4 @@
-"""Command line: ``mdm-ext demo``."""
+"""Command line: ``mdm-ext demo | reproduce | train | sample``."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     demo.add_argument("--draws", type=int, default=20_000, help="draws per sampler")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    from . import generate, train
+
+    training = commands.add_parser("train", help="train a masked diffusion model or its autoregressive "
+                                   "baseline (torchrun for several processes)")
+    train.add_arguments(training)
+    training.set_defaults(run=train.run)
+    sampling = commands.add_parser("sample", help="draw samples from a checkpoint or a Markov oracle, "
+                                   "sharded across torchrun ranks")
+    generate.add_arguments(sampling)
+    sampling.set_defaults(run=generate.run)
     args = parser.parse_args(argv)
     args.run(args)
 

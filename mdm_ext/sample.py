@@ -1,6 +1,512 @@
-"""Sampling for masked diffusion models: ``import mdm_ext.sample`` is the one import a user's
-sampler needs. All categorical draws are float64-accurate (see :func:`mdm_ext.ops.gumbel_argmax`).
-"""
-from .ops import categorical, gumbel_argmax
+"""Samplers for masked diffusion models: ``import mdm_ext.sample`` is the one import a user's
+sampler needs.
 
-__all__ = ["gumbel_argmax", "categorical"]
+Every sampler takes a denoiser (see :mod:`mdm_ext.denoiser`), a batch size, a length, the mask
+id, an optional ``prefix`` template, ``temperature``/``top_k``/``top_p``, a ``seed`` and
+``progress``, and returns a :class:`SampleResult`. All categorical draws go through the
+float64-accurate kernel (:func:`mdm_ext.ops.gumbel_argmax`); ``legacy_float32=True`` switches
+them to the float32 recipe whose truncated Gumbel noise lowers the temperature, for study only.
+Randomness is counter-based (Philox): positions, times and tokens come from ``seed`` and a call
+counter, so a seed gives the same choices on CPU and CUDA (tokens match where the networks'
+logits do).
+
+- :func:`ancestral`: the MDLM-style baseline, N time steps, with a per-sequence cache.
+- :func:`first_hitting`: the first-hitting sampler, exact for one token per step, parallel for
+  more, with optional second-order extrapolation or predictor-corrector steps.
+- :func:`confidence`: low-confidence remasking with semi-autoregressive blocks (LLaDA style).
+- :func:`autoregressive`: left-to-right sampling of a causal model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import ops
+from .denoiser import Denoiser
+from .ops import categorical, gumbel_argmax
+from .schedules import alpha, schedule_id
+
+__all__ = [
+    "SampleResult", "ancestral", "first_hitting", "confidence", "autoregressive",
+    "gumbel_argmax", "categorical",
+]
+
+
+@dataclass
+class SampleResult:
+    """tokens: [B, L] int64, fully unmasked. nfe: denoiser calls (a call on a batch counts
+    once). categorical_draws: rows of the vocabulary sampled. seconds: wall time."""
+    tokens: Tensor
+    nfe: int
+    categorical_draws: int
+    seconds: float
+
+
+def _filter_top(logits: Tensor, top_k: Optional[int], top_p: Optional[float]) -> Tensor:
+    """-inf outside the top_k largest logits, then outside the smallest set of tokens whose
+    probability reaches top_p (the token crossing top_p is kept). logits: [N, V] -> [N, V]."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, -math.inf)
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        ordered = ordered.masked_fill(mass_before >= top_p, -math.inf)
+        logits = torch.empty_like(logits).scatter_(-1, order, ordered)
+    return logits
+
+
+class _Sampling:
+    """What every sampler shares: the denoiser, the token draw with its temperature and filters,
+    the Philox call counter and the counters of the result."""
+
+    def __init__(self, denoiser: Callable[..., Tensor], *, mask_id: int, temperature: float,
+                 top_p: Optional[float], top_k: Optional[int], seed: Optional[int],
+                 legacy_float32: bool, progress: bool, device: Optional[Union[str, torch.device]]):
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1, got {top_k}")
+        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+            raise ValueError(f"mask_id must be an int >= 0, got {mask_id}")
+        self.denoiser = Denoiser(denoiser)
+        self.mask_id = mask_id
+        self.temperature = float(temperature)
+        self.top_p, self.top_k = top_p, top_k
+        self.seed = ops.draw_seed() if seed is None else int(seed)
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+        self.legacy_float32 = bool(legacy_float32)
+        self.progress = progress
+        self.device = torch.device(device) if device is not None else self._network_device()
+        self.calls = 0  # Philox offset: one per random kernel call
+        self.nfe = 0
+        self.categorical_draws = 0
+        self.start = time.perf_counter()
+
+    def _network_device(self) -> torch.device:
+        parameters = getattr(self.denoiser.network, "parameters", None)
+        if callable(parameters):
+            for parameter in parameters():
+                return parameter.device
+        return torch.device("cpu")
+
+    def _offset(self) -> int:
+        self.calls += 1
+        return self.calls - 1
+
+    def initial_tokens(self, batch_size: int, length: int, prefix: Optional[Tensor]) -> Tensor:
+        """[B, L]: ``prefix`` ([P] or [B, P], P <= L; its mask_id entries stay masked, for
+        infilling) followed by masks."""
+        for name, value in (("batch_size", batch_size), ("length", length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value}")
+        x = torch.full((batch_size, length), self.mask_id, dtype=torch.long, device=self.device)
+        if prefix is None:
+            return x
+        if not isinstance(prefix, Tensor) or prefix.dtype.is_floating_point or prefix.dtype == torch.bool:
+            raise TypeError(f"prefix must be an integer tensor, got {getattr(prefix, 'dtype', type(prefix))}")
+        if prefix.dim() not in (1, 2) or (prefix.dim() == 2 and prefix.shape[0] != batch_size):
+            raise ValueError(f"prefix must have shape [P] or [B = {batch_size}, P], got {tuple(prefix.shape)}")
+        if prefix.shape[-1] > length:
+            raise ValueError(f"prefix has {prefix.shape[-1]} positions, more than length = {length}")
+        if prefix.numel() and int(prefix.min()) < 0:
+            raise ValueError("prefix must hold token ids >= 0")
+        x[:, : prefix.shape[-1]] = prefix.to(self.device)
+        return x
+
+    def evaluate(self, x: Tensor, *, t: Optional[Tensor] = None,
+                 positions: Optional[Tensor] = None) -> Tensor:
+        """The denoiser's logits [b, L or K, V], checked to leave room for the mask id."""
+        self.nfe += 1
+        logits = self.denoiser(x, t=t, positions=positions)
+        if x.numel() and int(x.max()) >= max(logits.shape[-1], self.mask_id + 1):
+            raise ValueError(f"tokens reach id {int(x.max())}, beyond the denoiser's {logits.shape[-1]} logits")
+        return logits
+
+    def _exclude(self, width: int) -> Optional[int]:
+        return self.mask_id if self.mask_id < width else None
+
+    def draw(self, logits: Tensor) -> Tensor:
+        """One token per row of logits [N, V] under temperature and filters, never mask_id."""
+        self.categorical_draws += logits.shape[0]
+        exclude = self._exclude(logits.shape[-1])
+        temperature = self.temperature
+        if temperature > 0 and (self.top_k is not None or self.top_p is not None):
+            logits = self.log_probs(logits)
+            temperature = 1.0
+        return gumbel_argmax(logits, temperature=temperature, exclude=exclude, seed=self.seed,
+                             offset=self._offset(), legacy_float32=self.legacy_float32)
+
+    def draw_scores(self, scores: Tensor) -> Tensor:
+        """One outcome per row of unnormalised log-probabilities [N, C], taken as they are."""
+        self.categorical_draws += scores.shape[0]
+        return gumbel_argmax(scores, seed=self.seed, offset=self._offset(),
+                             legacy_float32=self.legacy_float32)
+
+    def draw_probs(self, probs: Tensor) -> Tensor:
+        """One outcome per row of unnormalised probabilities [N, C]."""
+        self.categorical_draws += probs.shape[0]
+        return categorical(probs, seed=self.seed, offset=self._offset(), legacy_float32=self.legacy_float32)
+
+    def log_probs(self, logits: Tensor) -> Tensor:
+        """Normalised log-probabilities [N, V] (float32 or float64) of the token distribution
+        the sampler draws from: the mask column removed, temperature and filters applied;
+        temperature 0 puts all mass on the argmax."""
+        scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        exclude = self._exclude(scores.shape[-1])
+        if exclude is not None:
+            scores = scores.index_fill(-1, torch.tensor([exclude], device=scores.device), -math.inf)
+        if self.temperature == 0:
+            top = scores.argmax(-1, keepdim=True)
+            return torch.full_like(scores, -math.inf).scatter_(-1, top, 0.0)
+        scores = _filter_top(scores / self.temperature, self.top_k, self.top_p)
+        return scores.log_softmax(-1)
+
+    def choose(self, x: Tensor, k: Union[int, Tensor]) -> Tensor:
+        """Up to k masked positions per row, uniformly: bool [B, L]."""
+        return ops.choose_masked(x, self.mask_id, k, seed=self.seed, offset=self._offset())
+
+    def first_hit(self, t: Tensor, n_masked: Tensor, schedule: str) -> Tensor:
+        """The next unmask time of each sequence, [B] float64."""
+        return ops.first_hit_times(t, n_masked, schedule=schedule, seed=self.seed, offset=self._offset())
+
+    def bar(self, total: int, unit: str) -> tqdm:
+        return tqdm(total=total, unit=unit, disable=not self.progress, leave=False)
+
+    def result(self, tokens: Tensor) -> SampleResult:
+        if tokens.is_cuda:
+            torch.cuda.synchronize(tokens.device)
+        return SampleResult(tokens, self.nfe, self.categorical_draws, time.perf_counter() - self.start)
+
+
+def _with_stay_column(log_probs: Tensor, log_stay: float, mask_id: int) -> Tensor:
+    """Scores [N, max(V, mask_id + 1)] of one ancestral transition: the token log-probabilities
+    with the mask column set to ``log_stay``, the log-odds of staying masked."""
+    if mask_id >= log_probs.shape[-1]:
+        pad = torch.full((log_probs.shape[0], mask_id + 1 - log_probs.shape[-1]), -math.inf,
+                         dtype=log_probs.dtype, device=log_probs.device)
+        log_probs = torch.cat([log_probs, pad], dim=-1)
+    log_probs[:, mask_id] = log_stay
+    return log_probs
+
+
+@torch.no_grad()
+def ancestral(
+    denoiser: Callable[..., Tensor], *, batch_size: int, length: int, mask_id: int, steps: int,
+    schedule: str = "loglinear", cache: bool = True, prefix: Optional[Tensor] = None,
+    temperature: float = 1.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
+    seed: Optional[int] = None, legacy_float32: bool = False, progress: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+) -> SampleResult:
+    """The ancestral (MDLM-style) sampler: ``steps`` equal time steps from t = 1 to 0.
+
+    From t to s < t each masked token independently stays masked with probability
+    (1 - alpha_s) / (1 - alpha_t), or becomes v with probability
+    p(v | x) (alpha_s - alpha_t) / (1 - alpha_t): one categorical over the vocabulary plus the
+    mask at every masked position, every step, as MDM codebases draw it (with
+    ``legacy_float32`` exactly their float32 recipe). The result follows the model's joint
+    distribution only as ``steps`` grows; :func:`first_hitting` gets it exactly in L calls.
+
+    cache: a time-agnostic network's output changes only when its input does, so each
+    sequence is re-evaluated only after a step that unmasked one of its tokens (others reuse
+    their logits). Time-conditioned networks are called every step.
+    Returns tokens [batch_size, length].
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps}")
+    schedule_id(schedule)
+    run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
+                    seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
+    x = run.initial_tokens(batch_size, length, prefix)
+    reuse = cache and not run.denoiser.needs_time
+    alphas = alpha(torch.linspace(1, 0, steps + 1, dtype=torch.float64), schedule).tolist()
+    logits: Optional[Tensor] = None
+    stale = torch.ones(batch_size, dtype=torch.bool, device=x.device)
+    with run.bar(steps, "step") as bar:
+        for step in range(steps):
+            masked = x == mask_id
+            has_masked = masked.any(1)
+            if not bool(has_masked.any()):
+                break
+            alpha_t, alpha_s = alphas[step], alphas[step + 1]
+            evaluate = has_masked & stale if reuse else has_masked
+            if bool(evaluate.any()):
+                t = torch.full((int(evaluate.sum()),), 1 - step / steps, dtype=torch.float64, device=x.device)
+                fresh = run.evaluate(x[evaluate], t=t)
+                if logits is None:
+                    logits = fresh.new_empty((batch_size, *fresh.shape[1:]))
+                logits[evaluate] = fresh
+            row, position = masked.nonzero(as_tuple=True)
+            # log((1 - alpha_s) / (alpha_s - alpha_t)): the token columns hold log p(v | x) only
+            log_stay = math.log(1 - alpha_s) - math.log(alpha_s - alpha_t) if alpha_s < 1 else -math.inf
+            scores = _with_stay_column(run.log_probs(logits[row, position]), log_stay, mask_id)
+            drawn = run.draw_scores(scores)
+            x[row, position] = drawn
+            stale = torch.zeros_like(stale).index_fill_(0, row[drawn != mask_id], True)
+            bar.update()
+    return run.result(x)
+
+
+def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], int]:
+    """Step index -> number of tokens to unmask, from an int or a sequence of counts."""
+    if isinstance(tokens_per_step, int) and not isinstance(tokens_per_step, bool):
+        if tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+        return lambda step: tokens_per_step
+    counts = [int(k) for k in tokens_per_step]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"tokens_per_step must be an int >= 1 or a non-empty sequence of ints >= 1, "
+                         f"got {tokens_per_step}")
+    return lambda step: counts[step] if step < len(counts) else None
+
+
+def _chosen_positions(chosen: Tensor) -> tuple[Tensor, Tensor]:
+    """chosen: bool [B, L] -> positions [B, K] (K = the most chosen in a row; chosen ones
+    first, in increasing order) and valid: bool [B, K]."""
+    k = chosen.sum(1)
+    width = max(int(k.max()), 1)
+    positions = chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+    valid = torch.arange(width, device=chosen.device) < k[:, None]
+    return positions, valid
+
+
+def _masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """log softmax over the real tokens, float32 or float64; the mask column -inf."""
+    scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if mask_id < scores.shape[-1]:
+        return ops.masked_log_softmax(scores, mask_id)
+    return scores.log_softmax(-1)
+
+
+def _extrapolate(current: Tensor, previous: Tensor, ratio: Tensor) -> Tensor:
+    """current + ratio (current - previous) for log-probabilities [N, V], ratio [N]; entries
+    where either is -inf keep ``current`` (an impossible token stays impossible and a token
+    that just became possible is not pushed to +inf)."""
+    finite = torch.isfinite(current) & torch.isfinite(previous)
+    step = torch.where(finite, current - previous, torch.zeros_like(current))
+    return current + ratio[:, None].to(current.dtype) * step
+
+
+@torch.no_grad()
+def first_hitting(
+    denoiser: Callable[..., Tensor], *, batch_size: int, length: int, mask_id: int,
+    tokens_per_step: Union[int, Sequence[int]] = 1, order: Union[int, str] = 1,
+    prefix: Optional[Tensor] = None, schedule: str = "linear", temperature: float = 1.0,
+    top_p: Optional[float] = None, top_k: Optional[int] = None, seed: Optional[int] = None,
+    legacy_float32: bool = False, progress: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+) -> SampleResult:
+    """The first-hitting sampler: each step unmasks masked positions chosen uniformly and draws
+    their tokens from the network's output at those positions only.
+
+    With ``tokens_per_step=1`` and ``order=1`` it is exact: with n of a sequence's tokens
+    masked at time tau, the next unmask time is tau' = alpha^-1(1 - u^{1/n} (1 - alpha_tau)),
+    one masked position (uniform) unmasks then, and the result has the law of the ancestral
+    sampler in the limit of infinitely many steps, in L network calls. Times matter only to a
+    time-conditioned network, which gets each sequence's own tau' (sequences advance
+    asynchronously); a time-agnostic network is never given a time, so none is drawn.
+
+    tokens_per_step: k tokens per call (the last step takes what is left), or a sequence of
+        counts, one per step, that must cover the masked positions. With k > 1 the k tokens
+        are drawn independently given the same state: fewer calls, an approximation.
+    order: 1; 2 extrapolates each position's log-probabilities linearly from the previous
+        call's output to the middle of the step (no extra calls: each call also evaluates the
+        next step's positions, which are chosen one step ahead); "pc" is a predictor-corrector
+        step: the first half of a step's positions are drawn from the current output, the
+        network is called again, and the second half is drawn from max(2 p_mid - p_now, 0)
+        (one extra call per step with k >= 2; the trapezoidal rule at the step's midpoint).
+    Returns tokens [batch_size, length].
+    """
+    if order not in (1, 2, "pc"):
+        raise ValueError(f"order must be 1, 2 or 'pc', got {order!r}")
+    schedule_id(schedule)
+    count_of = _step_counts(tokens_per_step)
+    run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
+                    seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
+    x = run.initial_tokens(batch_size, length, prefix)
+    timed = run.denoiser.needs_time
+    t = torch.ones(batch_size, dtype=torch.float64, device=x.device)
+    step = 0
+    # order 2: positions of this step chosen at the last one, and their log-probabilities there
+    upcoming: Optional[Tensor] = None
+    previous_log_probs: Optional[Tensor] = None
+    previous_count = 0
+    total_masked = int((x == mask_id).sum(1).max())
+    with run.bar(total_masked, "token") as bar:
+        while True:
+            n_masked = (x == mask_id).sum(1)
+            if not bool((n_masked > 0).any()):
+                break
+            k = count_of(step)
+            if k is None:
+                raise ValueError(f"tokens_per_step covers {step} steps, but tokens are still masked")
+            chosen = upcoming if upcoming is not None else run.choose(x, k)
+            active = chosen.any(1)
+            positions, valid = _chosen_positions(chosen[active])
+            query = positions
+            if order == 2:
+                next_k = count_of(step + 1)
+                ahead = x.masked_fill(chosen, -1)  # the step's own positions count as unmasked
+                upcoming = run.choose(ahead, next_k) if next_k is not None else torch.zeros_like(chosen)
+                upcoming_positions, _ = _chosen_positions(upcoming[active])
+                query = torch.cat([positions, upcoming_positions], dim=1)
+            time = None
+            if timed:
+                t_first = run.first_hit(t, n_masked, schedule)
+                time = t_first[active]
+                for _ in range(1, k):  # the step's remaining unmask times; the last one stays
+                    t_first = run.first_hit(t_first, (n_masked - 1).clamp(min=0), schedule)
+                    n_masked = (n_masked - 1).clamp(min=0)
+                t = torch.where(active, t_first, t)
+            logits = run.evaluate(x[active], t=time, positions=query)
+            now = logits[:, : positions.shape[1]]
+            rows, slots = valid.nonzero(as_tuple=True)
+            if order == 2:
+                log_probs = _masked_log_probs(now, mask_id)
+                if previous_log_probs is not None and step > 0:
+                    ratio = torch.full((len(rows),), k / (2 * previous_count), device=x.device)
+                    drawn = run.draw(_extrapolate(log_probs[rows, slots], previous_log_probs[active][rows, slots],
+                                                  ratio))
+                else:
+                    drawn = run.draw(now[rows, slots])
+                ahead_log_probs = _masked_log_probs(logits[:, positions.shape[1]:], mask_id)
+                previous_log_probs = torch.zeros((batch_size, *ahead_log_probs.shape[1:]),
+                                                 dtype=ahead_log_probs.dtype, device=x.device)
+                previous_log_probs[active] = ahead_log_probs
+                previous_count = k
+                _fill(x, active, positions, rows, slots, drawn)
+            elif order == "pc" and positions.shape[1] >= 2:
+                _predict_correct(run, x, active, positions, valid, now, time)
+            else:
+                _fill(x, active, positions, rows, slots, run.draw(now[rows, slots]))
+            bar.update(int(valid.sum()))
+            step += 1
+    return run.result(x)
+
+
+def _fill(x: Tensor, active: Tensor, positions: Tensor, rows: Tensor, slots: Tensor, tokens: Tensor) -> None:
+    """x[active rows][rows, positions[rows, slots]] = tokens, in place."""
+    sequence = active.nonzero(as_tuple=True)[0][rows]
+    x[sequence, positions[rows, slots]] = tokens
+
+
+def _predict_correct(run: _Sampling, x: Tensor, active: Tensor, positions: Tensor, valid: Tensor,
+                     now: Tensor, time: Optional[Tensor]) -> None:
+    """One predictor-corrector step (see :func:`first_hitting`), in place on x."""
+    counts = valid.sum(1)
+    first_half = valid & (torch.arange(positions.shape[1], device=x.device) < (counts[:, None] + 1) // 2)
+    second_half = valid & ~first_half
+    rows, slots = first_half.nonzero(as_tuple=True)
+    _fill(x, active, positions, rows, slots, run.draw(now[rows, slots]))
+    if not bool(second_half.any()):
+        return
+    mid = run.evaluate(x[active], t=time, positions=positions)
+    rows, slots = second_half.nonzero(as_tuple=True)
+    p_now = run.log_probs(now[rows, slots]).double().exp()
+    p_mid = run.log_probs(mid[rows, slots]).double().exp()
+    corrected = (2 * p_mid - p_now).clamp(min=0)
+    # rounding can cancel every entry only where p_mid and p_now agree; fall back to p_mid there
+    corrected = torch.where(corrected.sum(1, keepdim=True) > 0, corrected, p_mid)
+    _fill(x, active, positions, rows, slots, run.draw_probs(corrected))
+
+
+@torch.no_grad()
+def confidence(
+    denoiser: Callable[..., Tensor], *, batch_size: int, length: int, mask_id: int, steps: int,
+    block_length: Optional[int] = None, remasking: str = "low_confidence",
+    prefix: Optional[Tensor] = None, temperature: float = 1.0, top_p: Optional[float] = None,
+    top_k: Optional[int] = None, seed: Optional[int] = None, legacy_float32: bool = False,
+    progress: bool = False, device: Optional[Union[str, torch.device]] = None,
+) -> SampleResult:
+    """Confidence-based decoding as LLaDA-style models use it.
+
+    The masked positions are filled in blocks of ``block_length`` from left to right (semi-
+    autoregressive; one block of the whole length by default), each block in an equal share of
+    ``steps``. At each step a token is drawn at every masked position of the block, and the
+    tokens to keep, an even share of the block's masked count, are those whose drawn token is
+    most probable ("low_confidence": the least confident ones are remasked) or chosen at random
+    ("random"). A time-conditioned network gets the masked fraction as its time.
+    Returns tokens [batch_size, length].
+    """
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
+    block_length = length if block_length is None else block_length
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or not 1 <= block_length:
+        raise ValueError(f"block_length must be an int >= 1, got {block_length}")
+    n_blocks = -(-length // block_length)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < n_blocks:
+        raise ValueError(f"steps must be an int >= the number of blocks ({n_blocks}), got {steps}")
+    run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
+                    seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
+    x = run.initial_tokens(batch_size, length, prefix)
+    column = torch.arange(length, device=x.device)
+    with run.bar(steps, "step") as bar:
+        for block in range(n_blocks):
+            in_block = (column >= block * block_length) & (column < (block + 1) * block_length)
+            block_steps = steps // n_blocks + (block < steps % n_blocks)
+            for step in range(block_steps):
+                masked = (x == mask_id) & in_block
+                n_masked = masked.sum(1)
+                if not bool(n_masked.any()):
+                    break
+                # an even share of what is left: all of it at the block's last step
+                keep = -(-n_masked // (block_steps - step))
+                active = n_masked > 0
+                if remasking == "random":
+                    # keeping a uniform subset is choosing it first: draw only there
+                    masked = run.choose(x.masked_fill(~in_block, -1), keep.masked_fill(~active, 0))
+                t = (x[active] == mask_id).double().mean(1)
+                logits = run.evaluate(x[active], t=t)
+                row, position = masked[active].nonzero(as_tuple=True)
+                rows_logits = logits[row, position]
+                drawn = run.draw(rows_logits)
+                sequence = active.nonzero(as_tuple=True)[0][row]
+                if remasking == "low_confidence":
+                    score = _masked_log_probs(rows_logits, mask_id).gather(1, drawn[:, None])[:, 0]
+                    confidence_map = torch.full(masked[active].shape, -math.inf, dtype=score.dtype, device=x.device)
+                    confidence_map[row, position] = score
+                    rank = confidence_map.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                    selected = (rank < keep[active][:, None])[row, position]
+                    sequence, position, drawn = sequence[selected], position[selected], drawn[selected]
+                x[sequence, position] = drawn
+                bar.update()
+    return run.result(x)
+
+
+@torch.no_grad()
+def autoregressive(
+    model: Callable[..., Tensor], *, batch_size: int, length: int, bos_id: int,
+    prefix: Optional[Tensor] = None, temperature: float = 1.0, top_p: Optional[float] = None,
+    top_k: Optional[int] = None, seed: Optional[int] = None, legacy_float32: bool = False,
+    progress: bool = False, device: Optional[Union[str, torch.device]] = None,
+) -> SampleResult:
+    """Left-to-right sampling of a causal model (logits at position i predict token i + 1),
+    fed ``[bos_id, prefix..., drawn...]``; ``bos_id`` is never drawn. A model with
+    ``accepts_positions`` pays its output head at the last position only.
+    Returns tokens [batch_size, length], without the BOS token.
+    """
+    run = _Sampling(model, mask_id=bos_id, temperature=temperature, top_p=top_p, top_k=top_k,
+                    seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
+    template = run.initial_tokens(batch_size, length, prefix)
+    fixed = 0 if prefix is None else prefix.shape[-1]
+    if bool((template[:, :fixed] == bos_id).any()):
+        raise ValueError("prefix must not contain bos_id")
+    x = torch.cat([torch.full((batch_size, 1), bos_id, dtype=torch.long, device=template.device),
+                   template[:, :fixed]], dim=1)
+    with run.bar(length - fixed, "token") as bar:
+        while x.shape[1] <= length:
+            last = torch.full((batch_size, 1), x.shape[1] - 1, dtype=torch.long, device=x.device)
+            logits = run.evaluate(x, positions=last)
+            x = torch.cat([x, run.draw(logits[:, 0])[:, None]], dim=1)
+            bar.update()
+    return run.result(x[:, 1:])

@@ -13,46 +13,11 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from conftest import random_logits, seeded
+from conftest import chisquare_pvalue, random_logits, seeded
 from mdm_ext import ops, reference
 
 ALPHA = 1e-4
 DRAWS = 1_000_000
-
-
-def pooled_cells(expected: Tensor, min_expected: float) -> Tensor:
-    """Chi-square cells [V] for expected counts [V]: tokens are pooled in ascending order of
-    expected count until a cell expects >= min_expected (a short remainder joins the last full
-    cell). Tokens of probability 0 get cell -1."""
-    cells = torch.full(expected.shape, -1, dtype=torch.int64)
-    cell, pooled = 0, 0.0
-    for token in expected.argsort().tolist():
-        if expected[token] == 0:
-            continue
-        cells[token] = cell
-        pooled += float(expected[token])
-        if pooled >= min_expected:
-            cell, pooled = cell + 1, 0.0
-    if pooled > 0 and cell > 0:
-        cells[cells == cell] = cell - 1
-    return cells
-
-
-def chisquare_pvalue(drawn: Tensor, probs: Tensor, min_expected: float = 5.0) -> float:
-    """p-value of the drawn tokens [...] against probabilities probs [V] (float64, summing to 1).
-    Tokens of probability 0 must never be drawn."""
-    drawn = drawn.flatten().cpu()
-    observed = torch.bincount(drawn, minlength=len(probs)).double()
-    expected = probs.cpu() * len(drawn)
-    assert observed[expected == 0].sum() == 0, "a token of probability 0 was drawn"
-    cells = pooled_cells(expected, min_expected)
-    possible = cells >= 0
-    n_cells = int(cells.max()) + 1
-
-    def per_cell(counts: Tensor) -> Tensor:
-        return torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cells[possible], counts[possible])
-
-    return float(stats.chisquare(per_cell(observed).numpy(), per_cell(expected).numpy()).pvalue)
 
 
 def span_logits() -> Tensor:

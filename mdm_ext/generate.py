@@ -1,0 +1,169 @@
+"""``mdm-ext sample``: generation at scale, from one process or sharded across ``torchrun`` ranks.
+
+The requested samples are cut into batches; batch b is drawn with the seed of (seed, b), and rank
+r draws the batches b = r, r + W, r + 2W, ... of a W-process job. The gathered file is therefore
+the same whatever the number of processes (on one device type), and every rank's seeds differ.
+Rank 0 writes one file: ``tokens`` [N, L] int64 plus per-batch counters, loadable with
+``torch.load(path, weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import sample
+from .language import MarkovLanguage
+
+SAMPLERS = ("first_hitting", "ancestral", "confidence", "autoregressive")
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The sampler seed of batch ``batch``: independent streams for distinct batches."""
+    return int(np.random.SeedSequence(seed, spawn_key=(batch,)).generate_state(2, np.uint32).view(np.uint64)[0]
+               >> np.uint64(1))
+
+
+def draw_batches(draw: Callable[[int, int], sample.SampleResult], num_samples: int, batch_size: int,
+                 seed: int, rank: int = 0, world_size: int = 1,
+                 progress: bool = False) -> dict[int, sample.SampleResult]:
+    """This rank's batches: {batch index: result}, where ``draw(size, seed)`` runs the sampler."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    n_batches = -(-num_samples // batch_size)
+    mine = range(rank, n_batches, world_size)
+    results = {}
+    for position, b in enumerate(mine):
+        size = min(batch_size, num_samples - b * batch_size)
+        results[b] = draw(size, batch_seed(seed, b))
+        if progress:
+            print(f"rank {rank}: batch {position + 1}/{len(mine)}, nfe {results[b].nfe}, "
+                  f"{results[b].seconds:.2f} s", flush=True)
+    return results
+
+
+def assemble(results: dict[int, sample.SampleResult]) -> dict[str, torch.Tensor]:
+    """All batches in order -> tokens [N, L] and per-batch counters [n_batches]."""
+    ordered = [results[b] for b in sorted(results)]
+    return {
+        "tokens": torch.cat([r.tokens.cpu() for r in ordered]),
+        "nfe": torch.tensor([r.nfe for r in ordered]),
+        "categorical_draws": torch.tensor([r.categorical_draws for r in ordered]),
+        "seconds": torch.tensor([r.seconds for r in ordered], dtype=torch.float64),
+    }
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _network(args: argparse.Namespace, device: torch.device) -> tuple[Callable, int, bool]:
+    """(denoiser, mask id, causal) of the command line: a checkpoint of ``mdm-ext train`` or
+    the exact oracle of a Markov language."""
+    if args.checkpoint is None:
+        language = MarkovLanguage.random(args.markov, seed=args.language_seed)
+        return language, language.mask_id, False
+    from .train import load_model
+
+    model = load_model(args.checkpoint, map_location=device)
+    return model, model.config.vocab_size - 1, model.config.causal
+
+
+def _sampler(args: argparse.Namespace, network: Callable, mask_id: int, causal: bool,
+             device: torch.device) -> Callable[[int, int], sample.SampleResult]:
+    if causal != (args.sampler == "autoregressive"):
+        raise ValueError(f"--sampler {args.sampler} does not fit a {'causal' if causal else 'masked'} model")
+    common = dict(length=args.length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                  legacy_float32=args.legacy_float32, device=device)
+    options = {
+        "first_hitting": dict(tokens_per_step=args.tokens_per_step, order=args.order),
+        "ancestral": dict(steps=args.steps, schedule=args.schedule),
+        "confidence": dict(steps=args.steps, block_length=args.block_length),
+        "autoregressive": dict(bos_id=mask_id),
+    }[args.sampler]
+    if args.sampler != "autoregressive":
+        options["mask_id"] = mask_id
+    sampler = getattr(sample, args.sampler)
+    return lambda size, seed: sampler(network, batch_size=size, seed=seed, **common, **options)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mdm-ext sample``."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="checkpoint.pt of mdm-ext train (default: a Markov oracle)")
+    source.add_argument("--markov", type=int, default=64, metavar="K",
+                        help="sample the exact oracle of MarkovLanguage.random(K) (default 64)")
+    parser.add_argument("--language-seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=SAMPLERS, default="first_hitting")
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=1000, help="ancestral / confidence steps")
+    parser.add_argument("--schedule", default="loglinear", help="ancestral schedule")
+    parser.add_argument("--tokens-per-step", type=int, default=1, help="first-hitting tokens per call")
+    parser.add_argument("--order", default="1", choices=("1", "2", "pc"), help="first-hitting order")
+    parser.add_argument("--block-length", type=int, default=None, help="confidence decoding block")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--legacy-float32", action="store_true", help="the biased float32 recipe (study only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto: this rank's GPU if any, else cpu")
+    parser.add_argument("--out", default="mdm_ext_out/samples.pt")
+    parser.add_argument("--progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> None:
+    """``mdm-ext sample``: draw, gather on rank 0 and write ``--out``."""
+    args.order = args.order if args.order == "pc" else int(args.order)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if args.device == "auto":
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(args.device)
+    distributed = world_size > 1
+    if distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        rank = dist.get_rank() if distributed else 0
+        network, mask_id, causal = _network(args, device)
+        draw = _sampler(args, network, mask_id, causal, device)
+        results = draw_batches(draw, args.num_samples, args.batch_size, args.seed, rank, world_size,
+                               progress=args.progress)
+        gathered: list[Optional[dict]] = [None] * world_size
+        if distributed:
+            dist.gather_object({b: _to_cpu(r) for b, r in results.items()}, gathered if rank == 0 else None, dst=0)
+        else:
+            gathered = [results]
+        if rank == 0:
+            merged = {b: r for part in gathered for b, r in part.items()}
+            output = assemble(merged)
+            output["config"] = {key: value for key, value in vars(args).items() if key != "run"}
+            output["world_size"] = world_size
+            save_atomic(output, Path(args.out))
+            tokens = output["tokens"]
+            print(f"wrote {tokens.shape[0]} samples of length {tokens.shape[1]} to {args.out} "
+                  f"({int(output['nfe'].sum())} network calls, {float(output['seconds'].sum()):.1f} s "
+                  f"over {world_size} process(es))")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _to_cpu(result: sample.SampleResult) -> sample.SampleResult:
+    return sample.SampleResult(result.tokens.cpu(), result.nfe, result.categorical_draws, result.seconds)

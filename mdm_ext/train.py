@@ -1,0 +1,445 @@
+"""Training of masked diffusion models and of their autoregressive baseline: :func:`train` as a
+library function, ``mdm-ext train`` or ``python -m mdm_ext.train`` as a command, and
+``torchrun --nproc_per_node=N -m mdm_ext.train ...`` for data parallelism.
+
+Token ids of the data are 0..V-1 (V = ``dataset.vocab_size``) and the mask token is V, so the
+network has V + 1 logits. The autoregressive baseline (``causal=True``) is the same backbone with
+causal attention and the same V + 1 ids, the mask id serving as its beginning-of-sequence token
+and its mask column left out of the softmax: the two families have the same parameters and losses
+in the same unit (nats per token over all L tokens).
+
+Resuming is exact: every random draw of step k (batch windows, noise levels, masks, dropout)
+is a pure function of (seed, k, rank), so a checkpoint needs no RNG state, and a run killed
+after a checkpoint and restarted with the same ``out`` ends with the same weights, bit for bit,
+as an uninterrupted run (same device type, world size and thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .data import TOKEN_DTYPES, ByteTokenizer, TokenDataset, write_tokens
+from .denoiser import Denoiser
+from .language import MarkovLanguage
+from .loss import OBJECTIVES, autoregressive_loss, masked_diffusion_loss
+from .models import PRESETS, Transformer, TransformerConfig
+from .schedules import SCHEDULES
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# GPT-2 practice: beta2 below Adam's 0.999 keeps the second moment responsive to loss spikes.
+ADAM_BETAS = (0.9, 0.95)
+# Fields that may change when a run is resumed: none of them alters the trained weights.
+RESUMABLE_CHANGES = ("out", "device", "eval_every", "eval_batches", "checkpoint_every")
+# Keys of the seeds derived from config.seed (the training windows use config.seed itself).
+_TRAIN_STREAM, _EVAL_STREAM = 1, 2
+# The synthetic language of the command line: 2^20 training and 2^16 held-out tokens, drawn as
+# chains of 4096 tokens (a window that straddles two chains sees a fresh start from pi).
+MARKOV_CHAIN_LENGTH = 4096
+MARKOV_TRAIN_CHAINS, MARKOV_EVAL_CHAINS = 256, 16
+DEFAULT_MARKOV_VOCAB = 64
+
+
+def _option(default: Any, description: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": description, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """One training run; every field is also a command-line option (``--batch-size`` ...)."""
+
+    model: str = _option("tiny", "backbone size", choices=tuple(PRESETS))
+    causal: bool = _option(False, "train the autoregressive baseline (causal attention, "
+                                  "next-token loss) instead of a masked diffusion model")
+    objective: str = _option("time_agnostic", "masked diffusion loss", choices=OBJECTIVES)
+    schedule: str = _option("linear", "masking schedule of the loss", choices=SCHEDULES)
+    stratified: bool = _option(True, "spread the batch's noise levels over [0, 1) evenly")
+    length: int = _option(128, "tokens per training sequence")
+    batch_size: int = _option(32, "sequences per step on each process")
+    steps: int = _option(1000, "optimizer steps; the learning-rate schedule spans them")
+    lr: float = _option(3e-4, "peak learning rate")
+    weight_decay: float = _option(0.1, "AdamW weight decay of weight matrices and embeddings")
+    warmup: int = _option(100, "steps of linear learning-rate warm-up")
+    min_lr_ratio: float = _option(0.1, "the cosine decay ends at lr * min_lr_ratio")
+    grad_clip: float = _option(1.0, "maximum global gradient norm; 0 turns clipping off")
+    ema_decay: float = _option(0.999, "decay of the weights' moving average; 0 turns it off")
+    dropout: float = _option(0.0, "dropout probability")
+    eval_every: int = _option(100, "steps between evaluations (also at step 0 and at the end)")
+    eval_batches: int = _option(4, "batches of batch_size sequences per evaluation")
+    checkpoint_every: int = _option(500, "steps between checkpoints (also at the end)")
+    out: Optional[str] = _option(None, "folder of checkpoint.pt; None: no checkpoints")
+    seed: int = _option(0, "seed of the weights, batches, masks and dropout")
+    device: str = _option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+        positive = ("length", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every")
+        rules = (
+            *((name, getattr(self, name) >= 1, ">= 1") for name in positive),
+            ("lr", self.lr > 0, "> 0"),
+            *((name, getattr(self, name) >= 0, ">= 0")
+              for name in ("weight_decay", "warmup", "grad_clip", "seed")),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+        )
+        for name, valid, rule in rules:
+            if not valid:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainResult:
+    """What a call of :func:`train` leaves: this process's models and its part of the record."""
+
+    model: Transformer  # the trained weights, in train mode
+    ema: Optional[Transformer]  # their moving average (None with ema_decay = 0), in eval mode
+    mask_id: int
+    step: int  # optimizer steps completed, resumed ones included
+    losses: list[float]  # training loss of each step this call ran, on this process's batches
+    eval_history: list[dict[str, float]]  # {"step", "loss"[, "ema_loss"]}, made on rank 0 only
+    checkpoint: Optional[Path]
+    rank: int
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning rate of step ``step`` (from 0) over ``config.lr``: a linear warm-up to 1, then a
+    cosine decay to ``config.min_lr_ratio`` at ``config.steps``."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = min((step - config.warmup) / max(config.steps - config.warmup, 1), 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(config: TrainConfig, dataset: TokenDataset, *, eval_dataset: Optional[TokenDataset] = None,
+          until: Optional[int] = None, progress: bool = False) -> TrainResult:
+    """Train a :class:`~mdm_ext.models.Transformer` on random windows of ``dataset``.
+
+    Args:
+        dataset: training tokens; ``dataset.vocab_size`` must be set (the mask id is that value).
+        eval_dataset: held-out tokens for the evaluations; None evaluates on windows of
+            ``dataset`` drawn under another seed, which are not held out.
+        until: stop after this many steps in all, e.g. to fit a job's time limit; the learning
+            rate still follows the schedule of ``config.steps``, and a later call with the same
+            ``config.out`` carries on.
+        progress: show a progress bar and the evaluations (on rank 0).
+
+    If ``config.out`` holds a checkpoint, training resumes from it (its config must match,
+    except for the fields in ``RESUMABLE_CHANGES``). Under torchrun (WORLD_SIZE > 1), each
+    process trains on its own batches with DistributedDataParallel (gloo on CPU, nccl on CUDA);
+    only rank 0 evaluates and writes checkpoints. Seeds torch's global random number generators.
+    """
+    for name, data in (("dataset", dataset), ("eval_dataset", eval_dataset)):
+        if data is not None and data.vocab_size is None:
+            raise ValueError(f"{name}.vocab_size is None: open the TokenDataset with vocab_size=")
+    mask_id = dataset.vocab_size
+    if eval_dataset is not None and eval_dataset.vocab_size != mask_id:
+        raise ValueError(f"eval_dataset.vocab_size ({eval_dataset.vocab_size}) must equal "
+                         f"dataset.vocab_size ({mask_id})")
+    if until is not None and not 0 <= until <= config.steps:
+        raise ValueError(f"until must be in [0, config.steps = {config.steps}], got {until}")
+    stop = config.steps if until is None else until
+
+    device = _device(config.device)
+    owns_process_group = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
+    if owns_process_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, dataset, eval_dataset, mask_id, stop, device, progress)
+    finally:
+        if owns_process_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[TokenDataset],
+           mask_id: int, stop: int, device: torch.device, progress: bool) -> TrainResult:
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = Transformer(TransformerConfig.preset(
+        config.model, vocab_size=mask_id + 1, max_len=config.length, causal=config.causal,
+        dropout=config.dropout)).to(device)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                         use_buffers=True) if config.ema_decay > 0 else None)
+    # no decay of biases and LayerNorm gains, which set scales rather than features
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": config.weight_decay},
+         {"params": vectors, "weight_decay": 0.0}],
+        lr=config.lr, betas=ADAM_BETAS, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+
+    checkpoint = Path(config.out) / CHECKPOINT_NAME if config.out is not None else None
+    start, eval_history = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        _check_resumable(state, config, world_size)
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, eval_history = state["step"], state["eval_history"] if rank == 0 else []
+
+    network = model
+    if world_size > 1:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    window = config.length
+    eval_source = eval_dataset if eval_dataset is not None else dataset
+    eval_seed = _derived_seed(config.seed, _EVAL_STREAM)
+    eval_windows = [eval_source.batch(i, config.batch_size, window, seed=eval_seed).to(device)
+                    for i in range(config.eval_batches)] if rank == 0 else []
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and rank == 0), desc="train")
+    losses: list[torch.Tensor] = []
+
+    def evaluate(step: int) -> None:
+        record = {"step": step, "loss": _evaluate(model, eval_windows, config, mask_id)}
+        if ema is not None:
+            record["ema_loss"] = _evaluate(ema.module, eval_windows, config, mask_id)
+        eval_history.append(record)
+        if progress:
+            line = f"step {step}: eval loss {record['loss']:.4f}"
+            if ema is not None:
+                line += f" (moving average {record['ema_loss']:.4f})"
+            if losses:
+                line += f", train loss {torch.stack(losses[-config.eval_every:]).mean().item():.4f}"
+            bar.write(line)
+
+    if rank == 0 and start == 0:
+        evaluate(0)
+    for step in range(start, stop):
+        torch.manual_seed(_derived_seed(config.seed, _TRAIN_STREAM, step, rank))
+        x = dataset.batch(step, config.batch_size, window, seed=config.seed, rank=rank,
+                          world_size=world_size).to(device, non_blocking=True)
+        with _autocast(device):
+            loss = _loss(network, x, config, mask_id)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        losses.append(loss.detach())
+        bar.update()
+        done = step + 1
+        if rank == 0 and (done % config.eval_every == 0 or done == config.steps):
+            evaluate(done)
+        if rank == 0 and checkpoint is not None and (done % config.checkpoint_every == 0 or done == stop):
+            _save_atomic(_checkpoint_state(config, model, ema, optimizer, scheduler, done, eval_history,
+                                           world_size), checkpoint)
+    bar.close()
+    return TrainResult(
+        model=model, ema=ema.module.eval() if ema is not None else None, mask_id=mask_id,
+        step=max(start, stop), losses=torch.stack(losses).tolist() if losses else [],
+        eval_history=eval_history, checkpoint=checkpoint, rank=rank)
+
+
+def _loss(network: nn.Module, x: torch.Tensor, config: TrainConfig, mask_id: int) -> torch.Tensor:
+    if config.causal:
+        return autoregressive_loss(network, x, mask_id)
+    # DistributedDataParallel hides the Transformer's accepts_positions, so it is stated here
+    return masked_diffusion_loss(Denoiser(network, accepts_positions=True), x, mask_id,
+                                 objective=config.objective, schedule=config.schedule,
+                                 stratified=config.stratified)
+
+
+@torch.no_grad()
+def _evaluate(model: Transformer, windows: list[torch.Tensor], config: TrainConfig, mask_id: int) -> float:
+    """Mean loss over the fixed evaluation windows, under the same masks at every evaluation."""
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(_derived_seed(config.seed, _EVAL_STREAM))
+    with _autocast(windows[0].device):
+        loss = torch.stack([_loss(model, x, config, mask_id) for x in windows]).mean().item()
+    model.train(was_training)
+    return loss
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA only, where it speeds matmuls up; on CPU it is slower than float32
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def _derived_seed(*key: int) -> int:
+    """A seed in [0, 2^63) hashed from integers: nearby keys give unrelated streams."""
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _checkpoint_state(config: TrainConfig, model: Transformer, ema: Optional[AveragedModel],
+                      optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                      step: int, eval_history: list[dict[str, float]], world_size: int) -> dict:
+    """Tensors and plain containers only, so that ``torch.load(weights_only=True)`` reads it."""
+    return {
+        "step": step, "config": asdict(config), "model_config": asdict(model.config),
+        "world_size": world_size, "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "eval_history": eval_history,
+    }
+
+
+def _check_resumable(state: dict, config: TrainConfig, world_size: int) -> None:
+    saved = state["config"]
+    changed = [name for name, value in asdict(config).items()
+               if name not in RESUMABLE_CHANGES and saved.get(name) != value]
+    if changed:
+        raise ValueError(f"config differs from the checkpoint's in {', '.join(changed)}: "
+                         f"resume with the same settings or use another out folder")
+    if state["world_size"] != world_size:
+        raise ValueError(f"the checkpoint was written by {state['world_size']} processes, "
+                         f"this run has {world_size}: exact resumption needs the same number")
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """Write ``state`` to a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: a crash at any point leaves the previous checkpoint whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    # the rename itself reaches the disk only with the folder
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True,
+               map_location: str | torch.device = "cpu") -> Transformer:
+    """The network of a checkpoint, in eval mode: the moving average of its weights when it has
+    one and ``ema`` is True, else the trained weights. Its mask id is ``config.vocab_size - 1``."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    model = Transformer(TransformerConfig(**state["model_config"]))
+    if ema and state["ema"] is not None:
+        # AveragedModel keeps the network under "module." beside its update count
+        weights = {key.removeprefix("module."): value for key, value in state["ema"].items()
+                   if key.startswith("module.")}
+    else:
+        weights = state["model"]
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+# Command line.
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mdm-ext train``: a data source and every TrainConfig field."""
+    data = parser.add_argument_group("data (default: a synthetic Markov language, made offline)")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="FILE.bin", help="token file of flat ids (nanoGPT "
+                        "layout); needs --vocab-size")
+    source.add_argument("--text", metavar="FILE.txt", help="UTF-8 text, as bytes (ids 0..255, "
+                        "mask 256); the last 10%% is held out")
+    source.add_argument("--markov", type=int, metavar="K", help="MarkovLanguage.random(K, seed=0) "
+                        f"(default K = {DEFAULT_MARKOV_VOCAB})")
+    data.add_argument("--dtype", default="uint16", choices=TOKEN_DTYPES, help="ids of --data "
+                      "and --eval-data (default: uint16)")
+    data.add_argument("--vocab-size", type=int, help="ids of --data lie in [0, vocab_size); "
+                      "the mask id is vocab_size")
+    data.add_argument("--eval-data", metavar="FILE.bin", help="held-out token file for --data")
+    parser.add_argument("--out", default="mdm_ext_out/train", help="folder of the checkpoint, "
+                        "result.json and generated data (default: ./mdm_ext_out/train)")
+    options = parser.add_argument_group("training")
+    for f in fields(TrainConfig):
+        if f.name == "out":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        description = f"{f.metadata['help']} (default: {f.default})"
+        if isinstance(f.default, bool):
+            options.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                 help=description)
+        else:
+            options.add_argument(flag, type=type(f.default), default=f.default,
+                                 choices=f.metadata.get("choices"), help=description)
+
+
+def run(args: argparse.Namespace) -> None:
+    """``mdm-ext train``: train on the chosen data, then write result.json beside the checkpoint."""
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    dataset, eval_dataset = _datasets(args)
+    result = train(config, dataset, eval_dataset=eval_dataset, progress=True)
+    if result.rank != 0:
+        return
+    summary = {"step": result.step, "mask_id": result.mask_id, "checkpoint": str(result.checkpoint),
+               "config": asdict(config), "eval_history": result.eval_history}
+    (Path(config.out) / "result.json").write_text(json.dumps(summary, indent=2))
+    first, last = result.eval_history[0], result.eval_history[-1]
+    print(f"eval loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step "
+          f"{last['step']} (nats per token); checkpoint {result.checkpoint}")
+
+
+def _datasets(args: argparse.Namespace) -> tuple[TokenDataset, Optional[TokenDataset]]:
+    """Training and held-out data of the command line. Every process of a torchrun job writes
+    the same generated files; each write is an atomic rename, so readers see one whole copy."""
+    if args.data is not None:
+        if args.vocab_size is None:
+            raise ValueError("--data needs --vocab-size (ids lie in [0, vocab_size))")
+        eval_dataset = (TokenDataset(args.eval_data, args.dtype, args.vocab_size)
+                        if args.eval_data is not None else None)
+        return TokenDataset(args.data, args.dtype, args.vocab_size), eval_dataset
+    folder = Path(args.out) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.text is not None:
+        tokenizer = ByteTokenizer()
+        ids = np.asarray(tokenizer.encode(Path(args.text).read_text(encoding="utf-8")))
+        split = len(ids) - len(ids) // 10
+        parts = {"text-train": ids[:split], "text-eval": ids[split:]}
+        vocab_size = tokenizer.mask_id
+    else:
+        language = MarkovLanguage.random(args.markov or DEFAULT_MARKOV_VOCAB, seed=0)
+        parts = {f"markov{language.vocab_size}-{name}": language.sample(
+                     chains, MARKOV_CHAIN_LENGTH, generator=torch.Generator().manual_seed(seed)).flatten()
+                 for name, chains, seed in (("train", MARKOV_TRAIN_CHAINS, 1),
+                                            ("eval", MARKOV_EVAL_CHAINS, 2))}
+        vocab_size = language.vocab_size
+    train_data, eval_data = (TokenDataset(folder / f"{name}.bin", write_tokens(folder / f"{name}.bin", ids),
+                                          vocab_size) for name, ids in parts.items())
+    return train_data, eval_data
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mdm_ext.train",
+        description="Train a masked diffusion model, or its autoregressive baseline (--causal).")
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

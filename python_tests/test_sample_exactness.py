@@ -1,0 +1,156 @@
+"""The samplers against a joint distribution known exactly.
+
+A table over L = 4 positions and V = 5 tokens (625 cells, probabilities spanning three orders
+of magnitude) is served by an oracle denoiser that returns the exact conditional of every masked
+position given the unmasked ones. Driven by it, exact first-hitting must reproduce the table, and
+N-step ancestral sampling must reproduce the law of the N-step ancestral chain, computed exactly
+by propagating a distribution over all 6^4 partially masked states. ALPHA is each test's
+false-alarm rate; seeds are fixed, so outcomes are reproducible.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from conftest import chisquare_pvalue, seeded
+from mdm_ext import sample
+from mdm_ext.schedules import alpha
+
+ALPHA = 1e-4
+LENGTH, VOCAB = 4, 5
+MASK = VOCAB
+CELLS = torch.tensor(list(itertools.product(range(VOCAB), repeat=LENGTH)))  # [625, L]
+STATES = torch.tensor(list(itertools.product(range(VOCAB + 1), repeat=LENGTH)))  # [1296, L]
+
+
+def joint_table() -> Tensor:
+    """[625] float64 probabilities, log-uniform over three decades, then normalised."""
+    weights = 10 ** (-3 * torch.rand(len(CELLS), generator=seeded(7), dtype=torch.float64))
+    return weights / weights.sum()
+
+
+TABLE = joint_table()
+
+
+def _conditionals_by_enumeration(x: Tensor) -> Tensor:
+    """p(x_i = v | unmasked tokens of x) for x: [B, L] -> [B, L, V] float64, by summing TABLE."""
+    consistent = ((x[:, None, :] == MASK) | (x[:, None, :] == CELLS[None])).all(-1)  # [B, 625]
+    one_hot = torch.nn.functional.one_hot(CELLS, VOCAB).double()  # [625, L, V]
+    marginals = torch.einsum("bc,clv->blv", consistent * TABLE, one_hot)
+    return marginals / marginals.sum(-1, keepdim=True)
+
+
+def state_index(x: Tensor) -> Tensor:
+    """[B, L] tokens (MASK allowed) -> [B] indices into STATES."""
+    return (x * (VOCAB + 1) ** torch.arange(LENGTH - 1, -1, -1)).sum(1)
+
+
+CONDITIONALS = _conditionals_by_enumeration(STATES)  # [1296, L, V], looked up by the oracle
+
+
+class Oracle:
+    """The exact denoiser: log-probabilities [B, L, V + 1], mask column -inf."""
+
+    def __init__(self, *, accepts_positions: bool = False, needs_time: bool = False):
+        self.accepts_positions = accepts_positions
+        self.needs_time = needs_time
+
+    def __call__(self, x: Tensor, t: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        assert (t is not None) == self.needs_time
+        logits = torch.full((*x.shape, VOCAB + 1), -math.inf)
+        logits[..., :VOCAB] = CONDITIONALS[state_index(x)].log().float()
+        if positions is not None:
+            logits = torch.take_along_dim(logits, positions[..., None], dim=1)
+        return logits
+
+
+def cell_index(tokens: Tensor) -> Tensor:
+    """[B, L] tokens -> [B] indices into CELLS."""
+    return (tokens * VOCAB ** torch.arange(LENGTH - 1, -1, -1)).sum(1)
+
+
+def _ordered_partitions() -> list[list[list[int]]]:
+    """The 75 ordered set partitions of the L positions: groups unmasked in one step, in order."""
+    partitions = []
+    for rank in itertools.product(range(LENGTH), repeat=LENGTH):
+        groups = max(rank) + 1
+        if set(rank) == set(range(groups)):
+            partitions.append([[i for i in range(LENGTH) if rank[i] == g] for g in range(groups)])
+    return partitions
+
+
+def _marginal(positions: list[int]) -> Tensor:
+    """TABLE's marginal of ``positions``, broadcast over all cells: [V] * L."""
+    table = TABLE.view([VOCAB] * LENGTH)
+    others = [i for i in range(LENGTH) if i not in positions]
+    return table.sum(others, keepdim=True).expand_as(table) if others else table
+
+
+def ancestral_law(steps: int, schedule: str) -> Tensor:
+    """[625] exact law of the ``steps``-step ancestral sampler driven by the oracle.
+
+    Whether a masked position unmasks at a step does not depend on any token, so each position's
+    unmask step is independent with P(step j) = (alpha_{j+1} - alpha_j) / (1 - alpha_0). The law
+    is a mixture over the ordered partitions of the positions into groups unmasked together: a
+    group's tokens are drawn independently given the groups before it.
+    """
+    alphas = alpha(torch.linspace(1, 0, steps + 1, dtype=torch.float64), schedule)
+    step_probs = (alphas[1:] - alphas[:-1]) / (1 - alphas[0])  # [N]
+    law = torch.zeros([VOCAB] * LENGTH, dtype=torch.float64)
+    total = 0.0
+    for groups in _ordered_partitions():
+        # sum over steps j_1 < ... < j_m of prod_g P(step j_g)^{|group g|}
+        weight = step_probs ** len(groups[0])
+        for group in groups[1:]:
+            earlier = torch.cat([weight.new_zeros(1), weight.cumsum(0)[:-1]])
+            weight = earlier * step_probs ** len(group)
+        weight = float(weight.sum())
+        total += weight
+        tokens = torch.ones_like(law)
+        known: list[int] = []
+        for group in groups:
+            for i in group:
+                tokens *= _marginal(known + [i]) / (_marginal(known) if known else 1.0)
+            known += group
+        law += weight * tokens
+    assert math.isclose(total, 1.0, rel_tol=1e-9)
+    return law.flatten()
+
+
+def drawn_cells(result: sample.SampleResult) -> Tensor:
+    assert (result.tokens != MASK).all()
+    return cell_index(result.tokens)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(accepts_positions=True), dict(needs_time=True), dict(accepts_positions=True, needs_time=True),
+], ids=["full", "positions", "timed", "positions-timed"])
+def test_first_hitting_reproduces_the_joint(options):
+    oracle = Oracle(**options)
+    result = sample.first_hitting(oracle, batch_size=50_000, length=LENGTH, mask_id=MASK, seed=1)
+    assert result.nfe == LENGTH and result.categorical_draws == 50_000 * LENGTH
+    assert chisquare_pvalue(drawn_cells(result), TABLE) > ALPHA
+
+
+def test_first_hitting_check_can_fail():
+    """The same test rejects a sampler that draws the tokens at temperature 0.8."""
+    result = sample.first_hitting(Oracle(), batch_size=100_000, length=LENGTH, mask_id=MASK, seed=1,
+                                  temperature=0.8)
+    assert chisquare_pvalue(drawn_cells(result), TABLE) < ALPHA
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_ancestral_matches_its_exact_law(schedule):
+    steps = 8  # few steps: several tokens often unmask together, so the law differs from TABLE
+    law = ancestral_law(steps, schedule)
+    result = sample.ancestral(Oracle(), batch_size=100_000, length=LENGTH, mask_id=MASK, steps=steps,
+                              schedule=schedule, seed=2)
+    assert chisquare_pvalue(drawn_cells(result), law) > ALPHA
+    assert chisquare_pvalue(drawn_cells(result), TABLE) < ALPHA  # 8 steps are far from exact
+
+
+def test_ancestral_law_tends_to_the_joint():
+    gaps = [float((ancestral_law(steps, "loglinear") - TABLE).abs().sum()) / 2 for steps in (8, 64, 512)]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.01
