@@ -14,6 +14,17 @@ namespace mdm_ext {
 MDM_HD float acc_exp(float x) { return exp_f32(x); }
 MDM_HD double acc_exp(double x) { return exp_f64(x); }
 
+// A row's log-normaliser max + log sum_i e^{x_i - max}, kept in two parts: a log-probability
+// is (x - max) - log_sum, as torch computes it; x - (max + log_sum) would add the rounding of
+// max + log_sum, at the magnitude of max, to every token of the row.
+template <typename acc_t>
+struct LogNormaliser {
+  acc_t max;
+  acc_t log_sum;
+
+  MDM_HD acc_t log_prob(acc_t x) const { return (x - max) - log_sum; }
+};
+
 inline void check_mask_id(int64_t mask_id, int64_t vocab) {
   TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < vocab, "mask_id must be in [0, V = ", vocab,
                     "), got ", mask_id);

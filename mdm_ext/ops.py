@@ -100,7 +100,8 @@ def gumbel_argmax(
 
     Args:
         logits: [..., V] float32/float64/float16/bfloat16, any strides.
-        temperature: >= 0; 0 returns the argmax (first index among ties).
+        temperature: >= 0; 0 returns the argmax (first index among ties), while any
+            temperature > 0, however small, draws among tied maxima uniformly in the limit.
         exclude: a token id never drawn (e.g. the [MASK] id), or None.
         seed, offset: the Philox stream; seed None draws one from torch's default generator.
         legacy_float32: reproduce the common float32 recipe
@@ -122,7 +123,9 @@ def gumbel_argmax(
     at -87) and the canonical 13-deep summation adds at most 13 * 2^-24, under 2e-5 in all,
     against a slack of 1e-4. The result follows softmax up to float64 rounding, like the
     float64 reference ``argmax(logits.double() / T - log(-log(u)))`` (``reference.gumbel_argmax_ref``;
-    exact probabilities: ``reference.sampling_probs``), at one read of the logits.
+    exact probabilities: ``reference.sampling_probs``), at two reads of the logits (the first
+    finds the row maximum: every score is (logit - max) / T, so no logit up to the float64
+    maximum, and no temperature down to the smallest positive float, overflows).
     """
     _check_scores(logits, "logits")
     if not (temperature >= 0 and temperature < float("inf")):
@@ -145,7 +148,8 @@ def categorical(
     and zeros allowed): a drop-in, float64-accurate replacement for the
     ``_sample_categorical(probs)`` helper of MDM codebases. Returns int64 [...].
 
-    Raises ValueError for a negative, NaN or infinite entry, or an all-zero row.
+    Raises ValueError for a negative, NaN or infinite entry, or an all-zero row; any finite
+    entries are fine, up to the float64 maximum (the row is rescaled by a power of two).
     """
     _check_scores(probs, "probs")
     seed, offset = _randomness(seed, offset)

@@ -34,17 +34,26 @@ def _column_is(scores: Tensor, token: Optional[int]) -> Tensor:
     return columns == (-1 if token is None else token)
 
 
+def _tempered(scores: Tensor, temperature: float) -> Tensor:
+    """(scores - row max) / temperature, float64: shifted before scaling, so that no finite logit
+    overflows (scores / temperature does near 1.8e308, or for temperatures near 0) and tied
+    maxima stay exactly 0 at every temperature > 0, as in the kernels (csrc/categorical.h)."""
+    return (scores - scores.amax(-1, keepdim=True)) / temperature
+
+
 def sampling_probs(logits: Tensor, temperature: float = 1.0, exclude: Optional[int] = None) -> Tensor:
     """The distribution ``ops.gumbel_argmax`` draws from, exactly.
 
     logits: [..., V] any float dtype -> float64 [..., V]: softmax(logits.double() / temperature)
     with column ``exclude`` at probability 0; temperature 0 gives the one-hot of the first argmax.
-    For ``ops.categorical(probs)`` the distribution is ``sampling_probs(probs.double().log())``.
+    As the temperature falls to 0 it tends to the uniform distribution over the tied maxima (not
+    to the first argmax of temperature 0). For ``ops.categorical(probs)`` the distribution is
+    ``sampling_probs(probs.double().log())``.
     """
     scores = logits.double().masked_fill(_column_is(logits, exclude), -math.inf)
     if temperature == 0:
         return F.one_hot(scores.argmax(-1), scores.shape[-1]).double()
-    return (scores / temperature).softmax(-1)
+    return _tempered(scores, temperature).softmax(-1)
 
 
 def gumbel_argmax_ref(
@@ -54,7 +63,9 @@ def gumbel_argmax_ref(
     exclude: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """Float64 Gumbel-max: ``argmax(logits.double() / T - log(-log u))``, u ~ U[0, 1) float64.
+    """Float64 Gumbel-max: ``argmax(logits.double() / T - log(-log u))``, u ~ U[0, 1) float64,
+    with the logits shifted by their row maximum before scaling (the same argmax, but exact
+    where logits / T would overflow).
 
     logits: [..., V] -> int64 [...]. Temperature 0 gives the argmax (first index among ties);
     column ``exclude`` is never drawn.
@@ -63,7 +74,7 @@ def gumbel_argmax_ref(
     if temperature == 0:
         return scores.argmax(-1)
     u = torch.rand(scores.shape, dtype=torch.float64, generator=generator, device=scores.device)
-    return (scores / temperature - (-u.log()).log()).argmax(-1)
+    return (_tempered(scores, temperature) - (-u.log()).log()).argmax(-1)
 
 
 def categorical_ref(probs: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:

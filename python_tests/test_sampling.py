@@ -69,6 +69,32 @@ def test_temperature_zero_is_first_argmax(shape, exclude, legacy_float32, dtype,
     assert torch.equal(drawn, reference.gumbel_argmax_ref(logits, temperature=0, exclude=exclude))
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-300, 5e-324], ids=str)
+def test_tiny_temperature_draws_every_tied_maximum_and_nothing_else(temperature, dtype, device):
+    """As T -> 0+, softmax(logits / T) tends to the uniform choice among the tied maxima (T = 0
+    itself is the first argmax). logits / T used to swamp the noise or overflow (1 / T = inf below
+    T = 5.6e-309), so that the first maximum always won. Frequencies: test_sampling_stats.py."""
+    tied = [3, 300, 599]  # in three blocks
+    logits = random_logits((600,), torch.float64).clamp(max=9.0)
+    logits[tied] = 10.0
+    logits[4] = 9.9  # just below, in the first maximum's block
+    drawn = ops.gumbel_argmax(logits.to(device, dtype).expand(1000, -1), temperature=temperature, seed=13)
+    assert drawn.unique().tolist() == tied
+
+
+def test_scores_near_the_float64_maximum(device):
+    """logits / T overflowed to inf for logits near 1.8e308 and T < 1 (the first maximum always
+    won), and block sums of such probabilities overflowed (an "infinite probability" error)."""
+    tied = [3, 300, 599]
+    logits = torch.full((600,), 1.6e308, dtype=torch.float64)
+    logits[tied] = 1.7e308
+    logits[5] = -1.7e308  # its gap to the maximum overflows too
+    drawn = ops.gumbel_argmax(logits.to(device).expand(1000, -1), temperature=0.5, seed=14)
+    assert drawn.unique().tolist() == tied
+    probs = torch.full((1000, 600), 1.7e308, dtype=torch.float64, device=device)
+    assert len(ops.categorical(probs, seed=15).unique()) > 400  # 600 equally likely: 487 expected
+
+
 def test_impossible_tokens_never_drawn(sampler, dtype, device):
     """-inf logits (zero probabilities), a whole block of them, and the excluded token, here the
     likeliest by far, are never drawn."""

@@ -47,7 +47,7 @@ def likeliest_excluded_logits() -> Tensor:
 
 @dataclass
 class Case:
-    logits: Tensor  # [V] float64
+    logits: Tensor  # [V], float64 unless the case is about float32
     options: dict = field(default_factory=dict)  # temperature / exclude
     draws: int = DRAWS
 
@@ -112,6 +112,47 @@ def test_vocab_50257_frequencies(op):
     scores = logits if op is ops.gumbel_argmax else (logits - logits.max()).exp()
     drawn = op(scores.expand(4000, -1), seed=27)
     assert chisquare_pvalue(drawn, reference.sampling_probs(logits), min_expected=200) > ALPHA
+
+
+def tied_maxima_logits(maximum: float, below: float) -> Tensor:
+    """[600] float64 logits: `maximum` at tokens 3, 300 and 599 (three blocks), `below` elsewhere."""
+    logits = torch.full((600,), below, dtype=torch.float64)
+    logits[[3, 300, 599]] = maximum
+    return logits
+
+
+# Where logits / T overflows or swamps the noise, (logits - max) / T keeps the draw exact.
+EXTREME_CASES = {
+    # T -> 0+: uniform over the tied maxima, in float32 (1 / T overflows float32 below 2.9e-39)
+    # and float64 (below 5.6e-309).
+    "tiny_T_float32": Case(tied_maxima_logits(10.0, 9.9).float(), {"temperature": 1e-40}, 30_000),
+    "tiny_T_float64": Case(tied_maxima_logits(10.0, 9.9), {"temperature": 5e-324}, 30_000),
+    # Gaps of one and two subnormal steps at a subnormal T: probabilities softmax([0, -1, -2]).
+    "subnormal_gaps_float32": Case(torch.tensor([0.0, -(2.0**-149), -(2.0**-148)]),
+                                   {"temperature": 2.0**-149}, 100_000),
+    "subnormal_gaps_float64": Case(torch.tensor([0.0, -5e-324, -1e-323], dtype=torch.float64),
+                                   {"temperature": 5e-324}, 100_000),
+    # Logits near the float64 maximum.
+    "largest_logits_T_0.5": Case(tied_maxima_logits(1.7e308, 1.6e308), {"temperature": 0.5}, 30_000),
+    "largest_logits_T_1e307": Case(torch.tensor([1.7e308, 1.69e308, 1.68e308, 0.0], dtype=torch.float64),
+                                   {"temperature": 1e307}, 100_000),
+}
+
+
+@pytest.mark.parametrize("case", EXTREME_CASES.values(), ids=list(EXTREME_CASES))
+def test_gumbel_argmax_extreme_frequencies(case, device):
+    drawn = ops.gumbel_argmax(case.logits.to(device).expand(case.draws, -1), seed=32, **case.options)
+    probs = reference.sampling_probs(case.logits, **case.options)
+    assert chisquare_pvalue(drawn, probs) > ALPHA
+    drawn = reference.gumbel_argmax_ref(case.logits.expand(case.draws, -1), generator=seeded(33), **case.options)
+    assert chisquare_pvalue(drawn, probs) > ALPHA
+
+
+def test_categorical_largest_probabilities_frequencies(device):
+    """Probabilities up to the float64 maximum: a block's sum exceeds it."""
+    probs = 1e308 + 7e307 * torch.rand(600, generator=seeded(34), dtype=torch.float64)
+    drawn = ops.categorical(probs.to(device).expand(30_000, -1), seed=35)
+    assert chisquare_pvalue(drawn, reference.sampling_probs(probs.log())) > ALPHA
 
 
 @pytest.fixture(scope="module")

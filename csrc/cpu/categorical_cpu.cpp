@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <type_traits>
+#include <vector>
 
 #include "../categorical.h"
 #include "../op_checks.h"
@@ -79,8 +80,8 @@ template <typename scalar_t>
 int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const SampleArgs& args,
                    RowError& error) {
   using acc_t = typename RowScores<scalar_t>::acc_t;
-  const double inv_t = 1.0 / args.temperature;
-  const acc_t inv_t_acc = static_cast<acc_t>(inv_t);
+  const InverseTemperature<acc_t> inv_t_acc = inverse_temperature<acc_t>(args.temperature);
+  const InverseTemperature<double> inv_t = inverse_temperature<double>(args.temperature);
   const int64_t num_blocks = (row.vocab + kBlock - 1) / kBlock;
   auto block_end = [&](int64_t b) { return std::min(row.vocab, (b + 1) * kBlock); };
   // Float32 upper bound of a logit block's mass relative to e^{max / T}.
@@ -91,24 +92,43 @@ int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
     return mul(double(sum), 1.0 + kProposalSlack);
   };
 
-  int64_t block = -1;
-  for (int round = 0; round < kMaxRounds; ++round) {
+  // The row's largest score, which every block's score is relative to (categorical.h), and
+  // each logit block's maximum, found once for all rounds.
+  bool bad = false;
+  std::vector<acc_t> maxima(args.kind == kLogits ? num_blocks : 0);
+  acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+  double max_prob = 0.0;
+  if (args.kind == kLogits) {
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      maxima[b] = block_max<acc_t>(row, b * kBlock, block_end(b), bad);
+      row_max = std::max(row_max, maxima[b]);
+    }
+  } else {
+    for (int64_t i = 0; i < row.vocab; ++i) {
+      bad |= is_bad_probability(row.prob(i));
+      max_prob = std::max(max_prob, row.prob(i));
+    }
+  }
+  if (bad) return error = kRowNonFinite, -1;
+  if (args.kind == kLogits ? row_max == -std::numeric_limits<acc_t>::infinity() : max_prob == 0.0)
+    return error = kRowEmpty, -1;
+  const double prob_scale = probability_scale(max_prob);
+
+  // A row of one block draws it with certainty (it is not empty): proposing and accepting it
+  // would only spend time, and the token stage's random numbers do not depend on the rounds.
+  int64_t block = num_blocks == 1 ? 0 : -1;
+  for (int round = 0; num_blocks > 1 && round < kMaxRounds; ++round) {
     double best = -kInf;
     block = -1;
     for (int64_t b = 0; b < num_blocks; ++b) {
       double log_mass;
-      bool bad = false;
       if (args.kind == kLogits) {
-        const acc_t max = block_max<acc_t>(row, b * kBlock, block_end(b), bad);
-        if (bad) return error = kRowNonFinite, -1;
-        if (max == -std::numeric_limits<acc_t>::infinity()) continue;
-        log_mass = add(log_f64(upper_mass(b, max)), mul(double(max), inv_t));
+        if (maxima[b] == -std::numeric_limits<acc_t>::infinity()) continue;
+        const double gap = scaled_gap(add(double(maxima[b]), -double(row_max)), inv_t);
+        log_mass = add(log_f64(upper_mass(b, maxima[b])), gap);
       } else {
-        for (int64_t i = b * kBlock; i < block_end(b); ++i) bad |= is_bad_probability(row.prob(i));
-        if (bad) return error = kRowNonFinite, -1;
-        const double mass =
-            canonical_block_sum<double>(b * kBlock, block_end(b), [&](int64_t i) { return row.prob(i); });
-        if (!(mass < kInf)) return error = kRowNonFinite, -1;
+        const double mass = canonical_block_sum<double>(
+            b * kBlock, block_end(b), [&](int64_t i) { return mul(row.prob(i), prob_scale); });
         if (mass == 0.0) continue;
         log_mass = log_f64(mass);
       }
@@ -118,19 +138,18 @@ int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
     }
     if (block < 0) return error = kRowEmpty, -1;
     if (args.kind == kProbs) break;
-    bool unused = false;
-    const acc_t max = block_max<acc_t>(row, block * kBlock, block_end(block), unused);
     const double exact = canonical_block_sum<double>(block * kBlock, block_end(block), [&](int64_t i) {
-      return exact_term(double(row.logit(i)), double(max), inv_t);
+      return exact_term(double(row.logit(i)), double(maxima[block]), inv_t);
     });
-    const double accept = div(exact, upper_mass(block, max));
+    const double accept = div(exact, upper_mass(block, maxima[block]));
     if (uniform53(random_bits(args.seed, args.offset, kAcceptNoise, row_id, round)) < accept) break;
   }
 
   int64_t choice = -1;
   double best = -kInf;
   for (int64_t i = block * kBlock; i < block_end(block); ++i) {
-    const double base = args.kind == kLogits ? mul(double(row.logit(i)), inv_t) : log_f64(row.prob(i));
+    const double base = args.kind == kLogits ? scaled_gap(add(double(row.logit(i)), -double(row_max)), inv_t)
+                                             : log_f64(row.prob(i));
     if (base == -kInf) continue;
     const double score = add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, row_id, i)));
     if (score > best) best = score, choice = i;
@@ -175,7 +194,7 @@ int64_t legacy_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
   }
   if (bad) return error = kRowNonFinite, -1;
   if (!any) return error = kRowEmpty, -1;
-  const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+  const InverseTemperature<acc_t> inv_t = inverse_temperature<acc_t>(args.temperature);
   int64_t choice = -1;
   float best = -1.0f;
   for (int64_t i = 0; i < row.vocab; ++i) {

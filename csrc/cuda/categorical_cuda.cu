@@ -51,27 +51,25 @@ __device__ T warp_sum(T value) {
 }
 
 // One block's proposal, computed by a warp: log of the upper bound of its mass (logits) or of
-// its mass (probs), -inf for an empty block. `bad` reports an invalid entry.
+// its mass (probs), relative to the row's largest score (categorical.h); -inf for an empty block.
 template <typename scalar_t>
-__device__ double propose_block(const RowScores<scalar_t>& row, int64_t b, const SampleArgs& args, bool& bad) {
+__device__ double propose_block(const RowScores<scalar_t>& row, int64_t b, const SampleArgs& args,
+                                typename RowScores<scalar_t>::acc_t row_max, double prob_scale) {
   using acc_t = typename RowScores<scalar_t>::acc_t;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
   if (args.kind == kLogits) {
     acc_t values[kPerLane];
     acc_t max = -std::numeric_limits<acc_t>::infinity();
-    bool lane_bad = false;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int64_t i = begin + k * kLanes + lane;
       values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
-      lane_bad |= is_nan_or_pos_inf(values[k]);
       max = values[k] > max ? values[k] : max;
     }
-    bad = __any_sync(kFullWarp, lane_bad);
     max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
-    if (bad || max == -std::numeric_limits<acc_t>::infinity()) return -kInf;
-    const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+    if (max == -std::numeric_limits<acc_t>::infinity()) return -kInf;
+    const InverseTemperature<acc_t> inv_t = inverse_temperature<acc_t>(args.temperature);
     float sum = 0.0f;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
@@ -79,20 +77,17 @@ __device__ double propose_block(const RowScores<scalar_t>& row, int64_t b, const
       sum = add(sum, i < end ? proposal_term<acc_t>(values[k], max, inv_t) : 0.0f);
     }
     sum = warp_sum(sum);
-    return add(log_f64(mul(double(sum), 1.0 + kProposalSlack)), mul(double(max), 1.0 / args.temperature));
+    return add(log_f64(mul(double(sum), 1.0 + kProposalSlack)),
+               scaled_gap(add(double(max), -double(row_max)), inverse_temperature<double>(args.temperature)));
   }
   double sum = 0.0;
-  bool lane_bad = false;
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
     const int64_t i = begin + k * kLanes + lane;
-    const double p = i < end ? row.prob(i) : 0.0;
-    lane_bad |= is_bad_probability(p);
-    sum = add(sum, p);
+    sum = add(sum, i < end ? mul(row.prob(i), prob_scale) : 0.0);
   }
   sum = warp_sum(sum);
-  bad = __any_sync(kFullWarp, lane_bad) || !(sum < kInf);
-  return bad || sum == 0.0 ? -kInf : log_f64(sum);
+  return sum == 0.0 ? -kInf : log_f64(sum);
 }
 
 // Acceptance probability of logit block b, computed by a warp: float64 mass / float32 bound.
@@ -110,14 +105,15 @@ __device__ double acceptance(const RowScores<scalar_t>& row, int64_t b, const Sa
     max = values[k] > max ? values[k] : max;
   }
   max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
-  const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+  const InverseTemperature<acc_t> inv_t_acc = inverse_temperature<acc_t>(args.temperature);
+  const InverseTemperature<double> inv_t = inverse_temperature<double>(args.temperature);
   float bound = 0.0f;
   double exact = 0.0;
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
     const int64_t i = begin + k * kLanes + lane;
-    bound = add(bound, i < end ? proposal_term<acc_t>(values[k], max, inv_t) : 0.0f);
-    exact = add(exact, i < end ? exact_term(double(values[k]), double(max), 1.0 / args.temperature) : 0.0);
+    bound = add(bound, i < end ? proposal_term<acc_t>(values[k], max, inv_t_acc) : 0.0f);
+    exact = add(exact, i < end ? exact_term(double(values[k]), double(max), inv_t) : 0.0);
   }
   return div(warp_sum(exact), mul(double(warp_sum(bound)), 1.0 + kProposalSlack));
 }
@@ -126,33 +122,51 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     sample_rows_kernel(const scalar_t* __restrict__ scores, int64_t num_rows, int64_t vocab, int64_t row_stride,
                        SampleArgs args, int64_t* __restrict__ out, unsigned long long* first_bad) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
   __shared__ ScoredIndex<double> scratch[kWarps];
-  __shared__ int row_bad;
+  __shared__ double scratch_top[kWarps];
+  __shared__ int scratch_bad[kWarps];
   __shared__ int accepted;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t num_blocks = (vocab + kBlock - 1) / kBlock;
   for (int64_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
     const RowScores<scalar_t> row{scores + r * row_stride, vocab, args.exclude};
-    int64_t block = -1;
-    for (int round = 0; round < kMaxRounds; ++round) {
-      if (threadIdx.x == 0) row_bad = 0;
-      __syncthreads();
+    // The row's largest score (a logit, or a probability), which every block's score is
+    // relative to, and the row's validity.
+    double top = -kInf;
+    bool bad = false;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const double score = args.kind == kLogits ? double(row.logit(i)) : row.prob(i);
+      bad |= args.kind == kLogits ? is_nan_or_pos_inf(score) : is_bad_probability(score);
+      top = score > top ? score : top;
+    }
+    top = block_reduce(top, [](double a, double c) { return a > c ? a : c; }, scratch_top);
+    bad = block_reduce(int(bad), [](int a, int c) { return a | c; }, scratch_bad);
+    if (bad || !(top > (args.kind == kLogits ? -kInf : 0.0))) {
+      if (threadIdx.x == 0) {
+        record_row_error(first_bad, r, bad ? kRowNonFinite : kRowEmpty);
+        out[r] = -1;
+      }
+      continue;
+    }
+    const acc_t row_max = static_cast<acc_t>(top);  // exact for logits, unused for probs
+    const double prob_scale = args.kind == kProbs ? probability_scale(top) : 1.0;
+    // One block is drawn with certainty (as on the CPU): skip its proposal and acceptance.
+    int64_t block = num_blocks == 1 ? 0 : -1;
+    for (int round = 0; num_blocks > 1 && round < kMaxRounds; ++round) {
       ScoredIndex<double> best{-kInf, -1};
       for (int64_t b = warp; b < num_blocks; b += kWarps) {
-        bool bad = false;
-        const double log_mass = propose_block(row, b, args, bad);
-        if (bad && lane == 0) row_bad = 1;
+        const double log_mass = propose_block(row, b, args, row_max, prob_scale);
         if (lane == 0 && log_mass > -kInf) {
           const double score =
               add(log_mass, gumbel_f64(random_bits(args.seed, args.offset, kBlockNoise + round, r, b)));
           best = better(best, ScoredIndex<double>{score, b});
         }
       }
-      best = block_argmax(best, scratch);  // synchronises, so row_bad is visible
+      best = block_argmax(best, scratch);
       block = best.index;
-      if (row_bad || block < 0) {
-        if (threadIdx.x == 0) record_row_error(first_bad, r, row_bad ? kRowNonFinite : kRowEmpty);
-        block = -1;
+      if (block < 0) {
+        if (threadIdx.x == 0) record_row_error(first_bad, r, kRowEmpty);
         break;
       }
       if (args.kind == kProbs) break;
@@ -173,7 +187,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t i = block * kBlock + threadIdx.x;
     ScoredIndex<double> token{-kInf, -1};
     if (i < vocab) {
-      const double base = args.kind == kLogits ? mul(double(row.logit(i)), 1.0 / args.temperature)
+      const double base = args.kind == kLogits ? scaled_gap(add(double(row.logit(i)), -double(row_max)),
+                                                            inverse_temperature<double>(args.temperature))
                                                : log_f64(row.prob(i));
       if (base > -kInf)
         token = {add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, r, i))), i};
@@ -222,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
       if (threadIdx.x == 0) out[r] = max.index;
       continue;
     }
-    const acc_t inv_t = static_cast<acc_t>(1.0 / args.temperature);
+    const InverseTemperature<acc_t> inv_t = inverse_temperature<acc_t>(args.temperature);
     ScoredIndex<float> best{-1.0f, -1};
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
       const float p = args.kind == kLogits ? proposal_term<acc_t>(row.logit(i), max.score, inv_t)

@@ -25,19 +25,21 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 
 unsigned grid_for(int64_t rows) { return unsigned(std::min<int64_t>(std::max<int64_t>(rows, 1), 1 << 20)); }
 
-// log sum_{i != mask_id} e^{x_i} of one row, on every thread of the block.
+// log sum_{i != mask_id} e^{x_i} of one row as max + log_sum (masked_softmax.h), on every thread
+// of the block.
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-__device__ acc_t masked_logsumexp(const scalar_t* x, int64_t vocab, int64_t mask_id, acc_t* scratch) {
+__device__ LogNormaliser<acc_t> masked_log_normaliser(const scalar_t* x, int64_t vocab, int64_t mask_id,
+                                                      acc_t* scratch) {
   acc_t max = -std::numeric_limits<acc_t>::infinity();
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
     if (i != mask_id) max = fmax(max, acc_t(x[i]));
   max = block_reduce(max, [](acc_t a, acc_t b) { return fmax(a, b); }, scratch);
-  if (!(fabs(max) < std::numeric_limits<acc_t>::infinity())) return max;
+  if (!(fabs(max) < std::numeric_limits<acc_t>::infinity())) return {max, acc_t(0)};
   acc_t sum = 0;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
     if (i != mask_id) sum += acc_exp(acc_t(x[i]) - max);
   sum = block_reduce(sum, [](acc_t a, acc_t b) { return a + b; }, scratch);
-  return max + log(sum);
+  return {max, log(sum)};
 }
 
 template <typename scalar_t>
@@ -46,9 +48,9 @@ __global__ void log_softmax_kernel(const scalar_t* x, scalar_t* y, int64_t rows,
   __shared__ acc_t scratch[kThreads / kWarpSize];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* xr = x + r * vocab;
-    const acc_t lse = masked_logsumexp(xr, vocab, mask_id, scratch);
+    const LogNormaliser<acc_t> norm = masked_log_normaliser(xr, vocab, mask_id, scratch);
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
-      y[r * vocab + i] = i == mask_id ? -std::numeric_limits<acc_t>::infinity() : acc_t(xr[i]) - lse;
+      y[r * vocab + i] = i == mask_id ? -std::numeric_limits<acc_t>::infinity() : norm.log_prob(acc_t(xr[i]));
   }
 }
 
@@ -76,9 +78,9 @@ __global__ void cross_entropy_kernel(const scalar_t* x, const int64_t* target, c
   __shared__ acc_t scratch[kThreads / kWarpSize];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* xr = x + r * vocab;
-    const acc_t row_lse = masked_logsumexp(xr, vocab, mask_id, scratch);
+    const LogNormaliser<acc_t> norm = masked_log_normaliser(xr, vocab, mask_id, scratch);
     if (threadIdx.x != 0) continue;
-    lse[r] = row_lse;
+    lse[r] = norm.max + norm.log_sum;
     const int64_t t = target[r];
     if (t == ignore_index) {
       loss[r] = 0;
@@ -86,7 +88,7 @@ __global__ void cross_entropy_kernel(const scalar_t* x, const int64_t* target, c
       atomicMin(first_bad, static_cast<unsigned long long>(r));
       loss[r] = 0;
     } else {
-      loss[r] = (row_lse - acc_t(xr[t])) * (weight ? weight[r] : acc_t(1));
+      loss[r] = -norm.log_prob(acc_t(xr[t])) * (weight ? weight[r] : acc_t(1));
     }
   }
 }
@@ -104,7 +106,8 @@ __global__ void cross_entropy_backward_kernel(const acc_type<scalar_t>* grad, co
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
       const int64_t at = r * vocab + i;
       const acc_t p = i == mask_id || ignored ? acc_t(0) : acc_exp(acc_t(x[at]) - lse[r]);
-      dx[at] = scale * (p - acc_t(i == t));
+      // scale * p - scale at the target rounds once, where scale * (p - 1) rounds p - 1 first.
+      dx[at] = scale * p - (i == t ? scale : acc_t(0));
     }
   }
 }
