@@ -205,6 +205,43 @@ class MarkovLanguage:
             row.copy_(row_weights[torch.randperm(vocab_size, generator=generator)])
         return cls(transition)
 
+    @classmethod
+    def sparse(
+        cls,
+        vocab_size: int,
+        *,
+        successors: int = 4,
+        tail_mass: float = 0.05,
+        common: int | None = None,
+        seed: int = 0,
+    ) -> MarkovLanguage:
+        """A chain in which each token is followed with probability 1 - tail_mass by one of
+        ``successors`` tokens of its own (random, equally likely), drawn among the ``common`` tokens
+        0..common-1 (all K when None), and otherwise by any token uniformly: a few likely
+        continuations and a long tail of rare ones, each of probability tail_mass / K.
+
+        The tail is what float32 Gumbel-max sampling loses (arXiv 2409.02908): its tokens fall
+        below the truncated noise when an ancestral step scales them by (alpha_s - alpha_t) /
+        (1 - alpha_t). With few ``common`` tokens, as in text, the rare tokens are those outside
+        them, a sequence of common ones repeats tokens, and (successors close to common) any two
+        common tokens are two likely steps apart, so that the tail is never forced by the tokens
+        around it. Deterministic in ``seed``.
+        """
+        common = vocab_size if common is None else common
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        if not 1 <= common <= vocab_size:
+            raise ValueError(f"common must be in [1, vocab_size = {vocab_size}], got {common}")
+        if not 1 <= successors <= common:
+            raise ValueError(f"successors must be in [1, common = {common}], got {successors}")
+        if not 0 < tail_mass <= 1:
+            raise ValueError(f"tail_mass must be in (0, 1], got {tail_mass}")
+        generator = torch.Generator().manual_seed(seed)
+        transition = torch.full((vocab_size, vocab_size), tail_mass / vocab_size, dtype=torch.float64)
+        for row in transition:
+            row[torch.randperm(common, generator=generator)[:successors]] += (1 - tail_mass) / successors
+        return cls(transition)
+
     @property
     def vocab_size(self) -> int:
         """K, the number of real tokens."""

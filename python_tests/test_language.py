@@ -240,6 +240,27 @@ def test_random_language():
     assert not torch.equal(MarkovLanguage.random(300, seed=3).transition, language.transition)
 
 
+def test_sparse_language():
+    language = MarkovLanguage.sparse(50, successors=3, tail_mass=0.2, seed=1)
+    torch.testing.assert_close(language.transition.sum(1), torch.ones(50, dtype=torch.float64))
+    # Each row: 3 successors at 0.8 / 3 + 0.2 / 50, the rest at 0.2 / 50.
+    expected = torch.tensor([0.2 / 50] * 47 + [0.8 / 3 + 0.2 / 50] * 3, dtype=torch.float64)
+    torch.testing.assert_close(language.transition.sort(1).values, expected.expand(50, -1))
+    assert torch.equal(MarkovLanguage.sparse(50, successors=3, tail_mass=0.2, seed=1).transition,
+                       language.transition)
+    # With 5 common tokens, the likely successors are among them.
+    hubs = MarkovLanguage.sparse(50, successors=3, tail_mass=0.2, common=5, seed=1)
+    assert bool((hubs.transition[:, 5:] < 0.01).all())
+    assert bool(((hubs.transition[:, :5] > 0.01).sum(1) == 3).all())
+    bad_arguments = [({"successors": 0}, "successors"), ({"successors": 51}, "successors"),
+                     ({"tail_mass": 0.0}, "tail_mass"), ({"tail_mass": 1.5}, "tail_mass"),
+                     ({"common": 0}, "common"), ({"common": 51}, "common"),
+                     ({"successors": 6, "common": 5}, "successors")]
+    for arguments, name in bad_arguments:
+        with pytest.raises(ValueError, match=name):
+            MarkovLanguage.sparse(50, **arguments)
+
+
 def test_bad_inputs_name_the_argument():
     language = MarkovLanguage.random(4, seed=0)
     with pytest.raises(TypeError, match="x"):
