@@ -136,22 +136,16 @@ MDM_UNROLL
   return underflow ? 0.0 : mul(p, scale);
 }
 
-// Natural log in float64 of x >= 0 (log 0 = -inf, log inf = inf).
+// Natural log in float64 of x >= 0 (log 0 = -inf, log inf = inf). Branch-free (selects only),
+// so loops over it vectorise on the host.
 MDM_HD double log_f64(double x) {
-  if (!(x > 0.0)) return -std::numeric_limits<double>::infinity();
-  if (x == std::numeric_limits<double>::infinity()) return x;
-  int64_t exponent = 0;
-  if (x < 0x1.0p-1022) {  // subnormal: scale into the normal range first
-    x = mul(x, 0x1.0p54);
-    exponent = -54;
-  }
-  const uint64_t bits = double_to_bits(x);
-  exponent += int64_t((bits >> 52) & 0x7ff) - 1023;
+  const bool subnormal = x < 0x1.0p-1022;  // scaled into the normal range first
+  const uint64_t bits = double_to_bits(subnormal ? mul(x, 0x1.0p54) : x);
+  int32_t exponent = int32_t((bits >> 52) & 0x7ff) - (subnormal ? 1023 + 54 : 1023);
   double m = bits_to_double((bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull);  // [1, 2)
-  if (m > 1.4142135623730951) {
-    m = mul(m, 0.5);
-    exponent += 1;
-  }
+  const bool upper = m > 1.4142135623730951;
+  m = upper ? mul(m, 0.5) : m;
+  exponent += upper ? 1 : 0;
   // log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172: m - 1 is exact, so log stays
   // accurate relative to its value near m = 1 (the large-Gumbel end of the noise).
   const double f = add(m, -1.0);
@@ -162,19 +156,20 @@ MDM_UNROLL
   for (int k = 21; k >= 3; k -= 2) p = add(mul(p, z), 1.0 / k);
   const double log_m = add(mul(2.0, s), mul(mul(2.0, s), mul(z, p)));
   const double e = double(exponent);
-  return add(mul(e, 6.93147180369123816490e-01), add(mul(e, 1.90821492927058770002e-10), log_m));
+  const double log_x = add(mul(e, 6.93147180369123816490e-01), add(mul(e, 1.90821492927058770002e-10), log_m));
+  constexpr double kInfinity = std::numeric_limits<double>::infinity();
+  return !(x > 0.0) ? -kInfinity : (x == kInfinity ? x : log_x);
 }
 
-// Natural log in float32 of x > 0 (normal range), for the legacy float32 path.
+// Natural log in float32 of x > 0 (normal range; log 0 = -inf), for the legacy float32 path.
+// Branch-free, like log_f64.
 MDM_HD float log_f32(float x) {
-  if (!(x > 0.0f)) return -std::numeric_limits<float>::infinity();
   const uint32_t bits = float_to_bits(x);
   int32_t exponent = int32_t((bits >> 23) & 0xff) - 127;
   float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);
-  if (m > 1.41421356f) {
-    m = mul(m, 0.5f);
-    exponent += 1;
-  }
+  const bool upper = m > 1.41421356f;
+  m = upper ? mul(m, 0.5f) : m;
+  exponent += upper ? 1 : 0;
   const float f = add(m, -1.0f);
   const float s = div(f, add(f, 2.0f));
   const float z = mul(s, s);
@@ -185,11 +180,12 @@ MDM_HD float log_f32(float x) {
   p = add(mul(p, z), 1.0f / 3);
   const float log_m = add(mul(2.0f, s), mul(mul(2.0f, s), mul(z, p)));
   const float e = float(exponent);
-  return add(mul(e, 0.693359375f), add(mul(e, -2.12194440e-4f), log_m));
+  const float log_x = add(mul(e, 0.693359375f), add(mul(e, -2.12194440e-4f), log_m));
+  return x > 0.0f ? log_x : -std::numeric_limits<float>::infinity();
 }
 
 // Standard Gumbel noise -log(-log u) from a 53-bit uniform u in [0, 1): the largest value,
 // at u = 1 - 2^-53, is 36.74 (24-bit uniforms stop at 16.64, the bias this package avoids).
-MDM_HD double gumbel_f64(Bits128 r) { return -log_f64(-log_f64(uniform53(r))); }
+MDM_HD double gumbel_f64(double u) { return -log_f64(-log_f64(u)); }
 
 }  // namespace mdm_ext

@@ -13,7 +13,8 @@
 #define MDM_HD __host__ __device__ __forceinline__
 #define MDM_UNROLL _Pragma("unroll")
 #else
-#define MDM_HD inline
+// Forced inline so host loops over these functions vectorise.
+#define MDM_HD inline __attribute__((always_inline))
 #define MDM_UNROLL _Pragma("GCC unroll 16")
 #endif
 
@@ -71,13 +72,30 @@ MDM_HD Bits128 random_bits(uint64_t seed, uint64_t offset, uint32_t stream, uint
   return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
 }
 
-// Uniform on [0, 1) with 53 random bits (every double k * 2^-53), as torch's float64 rand.
-MDM_HD double uniform53(Bits128 r) {
-  const uint64_t bits = ((uint64_t(r.w[0]) << 32) | r.w[1]) >> 11;
-  return double(bits) * 0x1.0p-53;
+// Uniform on [0, 1) with 53 random bits (every double k * 2^-53), as torch's float64 rand:
+// k = high * 2^21 + (low >> 11), assembled from exact int32 -> double conversions, which vector
+// units have (int64 ones mostly do not).
+MDM_HD double uniform53(uint32_t high, uint32_t low) {
+  const double high_value = double(int32_t(high ^ 0x80000000u)) + 2147483648.0;  // exact
+  const double low_value = double(int32_t(low >> 11));
+  return (high_value * 0x1.0p21 + low_value) * 0x1.0p-53;  // exact: an integer below 2^53, scaled
 }
+MDM_HD double uniform53(Bits128 r) { return uniform53(r.w[0], r.w[1]); }
 
 // Uniform on [0, 1) with 24 random bits, as torch's float32 rand: the legacy path's precision.
-MDM_HD float uniform24(Bits128 r) { return float(r.w[0] >> 8) * 0x1.0p-24f; }
+MDM_HD float uniform24(uint32_t word) { return float(int32_t(word >> 8)) * 0x1.0p-24f; }
+
+// Per-token streams share counters between neighbouring tokens, a quarter or a half of the
+// Philox work per token: token i takes word i % 4 of counter i / 4 for a 24-bit uniform, and
+// words 2 (i % 2) and 2 (i % 2) + 1 of counter i / 2 for a 53-bit one.
+MDM_HD float token_uniform24(uint64_t seed, uint64_t offset, uint32_t stream, uint64_t row, uint64_t index) {
+  const Bits128 r = random_bits(seed, offset, stream, row, index >> 2);
+  const uint32_t low_pair = index & 1 ? r.w[1] : r.w[0], high_pair = index & 1 ? r.w[3] : r.w[2];
+  return uniform24(index & 2 ? high_pair : low_pair);
+}
+MDM_HD double token_uniform53(uint64_t seed, uint64_t offset, uint32_t stream, uint64_t row, uint64_t index) {
+  const Bits128 r = random_bits(seed, offset, stream, row, index >> 1);
+  return index & 1 ? uniform53(r.w[2], r.w[3]) : uniform53(r.w[0], r.w[1]);
+}
 
 }  // namespace mdm_ext

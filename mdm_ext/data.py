@@ -100,9 +100,13 @@ class TokenDataset:
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer, path: str | os.PathLike) -> TokenDataset:
-        """Tokenize ``text``, write it to ``path`` and open it."""
+        """Tokenize ``text``, write it to ``path`` and open it. The tokenizer's mask must be its
+        last id, as the package numbers them: the dataset's ids are 0..mask_id - 1."""
+        if tokenizer.mask_id != tokenizer.vocab_size - 1:
+            raise ValueError(f"tokenizer.mask_id must be its last id, vocab_size - 1 = "
+                             f"{tokenizer.vocab_size - 1}, got {tokenizer.mask_id}")
         dtype = write_tokens(path, tokenizer.encode(text), token_dtype(tokenizer.vocab_size))
-        return cls(path, dtype, tokenizer.vocab_size)
+        return cls(path, dtype, tokenizer.mask_id)
 
     def __len__(self) -> int:
         return len(self.tokens)

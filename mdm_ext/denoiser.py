@@ -15,6 +15,9 @@ Adapting an existing model is one small function, e.g. an MDLM-style network tha
 noise level sigma = -log(alpha_t)::
 
     denoiser = Denoiser(lambda x, t: mdlm(x, -torch.log(alpha(t, "loglinear"))), needs_time=True)
+
+and sampled with the schedule it was trained under (``schedule="loglinear"``), so that the times
+the sampler passes mean what the network learnt.
 """
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto: this rank's GPU if any, else cpu")
     parser.add_argument("--out", default="mdm_ext_out/samples.pt")
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--progress", action="store_true", help="print a line per finished batch")
 
 
 def run(args: argparse.Namespace) -> None:

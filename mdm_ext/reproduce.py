@@ -69,7 +69,7 @@ class ReproduceConfig:
     tail_mass: float = _option(0.05, "probability that a token is followed by a uniformly random one")
     length: int = _option(32, "sequence length L")
     samples: int = _option(64, "sequences per first-hitting, autoregressive and held-out evaluation")
-    ancestral_samples: int = _option(12, "sequences per ancestral run, whose cost grows with its steps")
+    ancestral_samples: int = _option(24, "sequences per ancestral run, whose cost grows with its steps")
     steps: tuple[int, ...] = _option((16, 64, 256, 1024, 4096, 16384), "step counts N of ancestral sampling")
     parallel: tuple[int, ...] = _option((2, 4, 8), "tokens per call of the parallel first-hitting runs")
     bias_vocab: int = _option(50257, "vocabulary of the one-step bias check (GPT-2's)")

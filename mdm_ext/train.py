@@ -354,7 +354,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True,
     else:
         weights = state["model"]
     model.load_state_dict(weights)
-    return model.eval()
+    return model.to(map_location).eval()
 
 
 # Command line.

@@ -34,7 +34,7 @@ def test_write_tokens_picks_dtype_and_round_trips(tmp_path):
 def test_from_text(tmp_path):
     text = "hello, tokens " * 4
     dataset = TokenDataset.from_text(text, ByteTokenizer(), tmp_path / "text.bin")
-    assert dataset.tokens.dtype == np.uint16 and dataset.vocab_size == 257
+    assert dataset.tokens.dtype == np.uint16 and dataset.vocab_size == 256  # ids 0..255; mask 256
     assert ByteTokenizer().decode(dataset.tokens) == text
 
 

@@ -63,6 +63,59 @@ struct RowScores {
   double prob(int64_t i) const { return i == exclude ? 0.0 : double(data[i]); }
 };
 
+// Per-token random numbers (philox.h's token streams) of `count` <= kChunk consecutive tokens
+// from a multiple of kChunk, in loops the compiler vectorises; where the CPU has AVX2, an AVX2
+// clone is picked when the library loads. Vector IEEE operations round like scalar ones (and
+// -ffp-contract=off forbids fusing), so the values are bit for bit those of token_uniform24 and
+// token_uniform53, which the CUDA kernel calls.
+constexpr int kChunk = 32;
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define MDM_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef MDM_VECTOR_CLONES
+#define MDM_VECTOR_CLONES
+#endif
+
+// The random words of counters first_counter, ..., first_counter + count - 1, word-major:
+// words[w * kChunk + c] is word w of counter first_counter + c.
+inline void counter_words(uint64_t seed, uint64_t offset, uint32_t stream, uint64_t row_id,
+                          uint64_t first_counter, int count, uint32_t* words) {
+  for (int c = 0; c < count; ++c) {
+    const Bits128 bits = random_bits(seed, offset, stream, row_id, first_counter + c);
+    for (int w = 0; w < 4; ++w) words[w * kChunk + c] = bits.w[w];
+  }
+}
+
+// Standard Gumbel noise of tokens first, ..., first + count - 1 (categorical.h, step 3).
+MDM_VECTOR_CLONES void token_gumbel_chunk(uint64_t seed, uint64_t offset, uint64_t row_id, int64_t first,
+                                          int count, double* noise) {
+  const int counters = (count + 1) / 2;
+  uint32_t words[4 * kChunk];
+  counter_words(seed, offset, kTokenNoise, row_id, uint64_t(first) / 2, counters, words);
+  // Words 0 and 1 of a counter make its even token's uniform, words 2 and 3 its odd token's.
+  double even[kChunk / 2], odd[kChunk / 2];
+  for (int c = 0; c < counters; ++c) even[c] = gumbel_f64(uniform53(words[c], words[kChunk + c]));
+  for (int c = 0; c < counters; ++c) odd[c] = gumbel_f64(uniform53(words[2 * kChunk + c], words[3 * kChunk + c]));
+  for (int c = 0; c < counters; ++c) noise[2 * c] = even[c], noise[2 * c + 1] = odd[c];
+}
+
+// The legacy recipe's denominators 1e-10 - log(u + 1e-10), u 24-bit uniforms, of tokens first,
+// ..., first + count - 1.
+MDM_VECTOR_CLONES void legacy_denominator_chunk(uint64_t seed, uint64_t offset, uint64_t row_id, int64_t first,
+                                                int count, float* denominator) {
+  const int counters = (count + 3) / 4;
+  uint32_t words[4 * kChunk];
+  counter_words(seed, offset, kLegacyNoise, row_id, uint64_t(first) / 4, counters, words);
+  float by_word[4 * kChunk];
+  for (int w = 0; w < 4; ++w)
+    for (int c = 0; c < counters; ++c)
+      by_word[w * kChunk + c] = add(1e-10f, -log_f32(add(uniform24(words[w * kChunk + c]), 1e-10f)));
+  for (int c = 0; c < counters; ++c)
+    for (int w = 0; w < 4; ++w) denominator[4 * c + w] = by_word[w * kChunk + c];
+}
+
 // Largest logit of [begin, end); `bad` is set by NaN or +inf.
 template <typename acc_t, typename Row>
 acc_t block_max(const Row& row, int64_t begin, int64_t end, bool& bad) {
@@ -133,7 +186,7 @@ int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
         log_mass = log_f64(mass);
       }
       const double score =
-          add(log_mass, gumbel_f64(random_bits(args.seed, args.offset, kBlockNoise + round, row_id, b)));
+          add(log_mass, gumbel_f64(uniform53(random_bits(args.seed, args.offset, kBlockNoise + round, row_id, b))));
       if (score > best) best = score, block = b;
     }
     if (block < 0) return error = kRowEmpty, -1;
@@ -147,12 +200,18 @@ int64_t sample_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
 
   int64_t choice = -1;
   double best = -kInf;
-  for (int64_t i = block * kBlock; i < block_end(block); ++i) {
-    const double base = args.kind == kLogits ? scaled_gap(add(double(row.logit(i)), -double(row_max)), inv_t)
-                                             : log_f64(row.prob(i));
-    if (base == -kInf) continue;
-    const double score = add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, row_id, i)));
-    if (score > best) best = score, choice = i;
+  for (int64_t first = block * kBlock; first < block_end(block); first += kChunk) {
+    const int count = int(std::min<int64_t>(kChunk, block_end(block) - first));
+    double base[kChunk], noise[kChunk + 1];  // an odd count fills one more
+    if (args.kind == kLogits)
+      for (int j = 0; j < count; ++j) base[j] = scaled_gap(add(double(row.logit(first + j)), -double(row_max)), inv_t);
+    else
+      for (int j = 0; j < count; ++j) base[j] = log_f64(row.prob(first + j));
+    token_gumbel_chunk(args.seed, args.offset, row_id, first, count, noise);
+    for (int j = 0; j < count; ++j) {
+      const double score = add(base[j], noise[j]);
+      if (base[j] != -kInf && score > best) best = score, choice = first + j;
+    }
   }
   return choice;
 }
@@ -197,12 +256,18 @@ int64_t legacy_row(const RowScores<scalar_t>& row, uint64_t row_id, const Sample
   const InverseTemperature<acc_t> inv_t = inverse_temperature<acc_t>(args.temperature);
   int64_t choice = -1;
   float best = -1.0f;
-  for (int64_t i = 0; i < row.vocab; ++i) {
-    const float p = args.kind == kLogits ? proposal_term<acc_t>(row.logit(i), max, inv_t)
-                                         : float(row.prob(i));
-    const float u = uniform24(random_bits(args.seed, args.offset, kLegacyNoise, row_id, i));
-    const float score = div(p, add(1e-10f, -log_f32(add(u, 1e-10f))));
-    if (score > best) best = score, choice = i;
+  for (int64_t first = 0; first < row.vocab; first += kChunk) {
+    const int count = int(std::min<int64_t>(kChunk, row.vocab - first));
+    float p[kChunk], denominator[kChunk + 3];  // whole counters: up to 3 more
+    if (args.kind == kLogits)
+      for (int j = 0; j < count; ++j) p[j] = proposal_term<acc_t>(row.logit(first + j), max, inv_t);
+    else
+      for (int j = 0; j < count; ++j) p[j] = float(row.prob(first + j));
+    legacy_denominator_chunk(args.seed, args.offset, row_id, first, count, denominator);
+    for (int j = 0; j < count; ++j) {
+      const float score = div(p[j], denominator[j]);
+      if (score > best) best = score, choice = first + j;
+    }
   }
   return choice;
 }

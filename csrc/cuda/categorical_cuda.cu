@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads)
         const double log_mass = propose_block(row, b, args, row_max, prob_scale);
         if (lane == 0 && log_mass > -kInf) {
           const double score =
-              add(log_mass, gumbel_f64(random_bits(args.seed, args.offset, kBlockNoise + round, r, b)));
+              add(log_mass, gumbel_f64(uniform53(random_bits(args.seed, args.offset, kBlockNoise + round, r, b))));
           best = better(best, ScoredIndex<double>{score, b});
         }
       }
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
                                                             inverse_temperature<double>(args.temperature))
                                                : log_f64(row.prob(i));
       if (base > -kInf)
-        token = {add(base, gumbel_f64(random_bits(args.seed, args.offset, kTokenNoise, r, i))), i};
+        token = {add(base, gumbel_f64(token_uniform53(args.seed, args.offset, kTokenNoise, r, i))), i};
     }
     token = block_argmax(token, scratch);
     if (threadIdx.x == 0) out[r] = token.index;
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
       const float p = args.kind == kLogits ? proposal_term<acc_t>(row.logit(i), max.score, inv_t)
                                            : float(row.prob(i));
-      const float u = uniform24(random_bits(args.seed, args.offset, kLegacyNoise, r, i));
+      const float u = token_uniform24(args.seed, args.offset, kLegacyNoise, r, i);
       best = better(best, ScoredIndex<float>{div(p, add(1e-10f, -log_f32(add(u, 1e-10f)))), i});
     }
     best = block_argmax(best, scratch_f);
