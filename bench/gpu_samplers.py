@@ -3,8 +3,8 @@
 A 12-layer, 768-wide bidirectional backbone (random weights; about 170M parameters with its
 untied 50258-way head), L = 1024, |V| = 50257. For each batch size, the cached ancestral sampler
 at N steps (float64-accurate draws) is timed against exact first-hitting (L network calls), and
-first-hitting's own overhead (everything but the network) is measured by replaying its calls
-with the network alone. ``--device cpu --preset tiny --length 64`` checks the script anywhere.
+first-hitting's own overhead (everything but the network) is its wall time less the time spent
+inside the network, measured around each call (synchronised on CUDA). ``--device cpu --preset tiny --length 64`` checks the script anywhere.
 """
 from __future__ import annotations
 

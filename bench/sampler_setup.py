@@ -1,4 +1,4 @@
-"""The samplers timed by bench/: one registry, shared by the CPU suite and the GPU script."""
+"""The samplers timed by the CPU suite (bench/test_bench_samplers.py): one registry."""
 from __future__ import annotations
 
 from typing import Callable
