@@ -236,3 +236,31 @@ def test_bad_steps_and_shapes():
         sample.first_hitting(lambda x: torch.zeros(x.shape[0], 13), batch_size=1, length=4, mask_id=MASK)
     with pytest.raises(ValueError, match="t is required"):
         Denoiser(lambda x, t: LANGUAGE(x), needs_time=True)(torch.full((1, 3), MASK))
+
+
+def test_confidence_keeps_the_most_confident_tokens():
+    """One token kept per step at temperature 0: positions unmask in decreasing order of the
+    probability of their drawn token, and each block finishes before the next starts."""
+    length, vocab = 6, 4
+    top_prob = torch.tensor([0.3, 0.9, 0.5, 0.7, 0.4, 0.8])  # of token 0, per position
+    inputs = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        inputs.append(x.clone())
+        probs = torch.zeros(*x.shape, vocab + 1)
+        probs[..., 0] = top_prob
+        probs[..., 1:vocab] = ((1 - top_prob) / (vocab - 1))[:, None]
+        return probs.log()
+
+    def unmask_order(**options) -> list[int]:
+        inputs.clear()
+        result = sample.confidence(network, batch_size=2, length=length, mask_id=vocab, steps=length,
+                                   temperature=0, seed=0, **options)
+        inputs.append(result.tokens)
+        newly = [int((after[0] != vocab).logical_and(before[0] == vocab).nonzero()) for before, after in
+                 zip(inputs, inputs[1:])]
+        assert all(torch.equal(x[0], x[1]) for x in inputs)
+        return newly
+
+    assert unmask_order() == [1, 5, 3, 2, 4, 0]
+    assert unmask_order(block_length=3) == [1, 2, 0, 5, 3, 4]
