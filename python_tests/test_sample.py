@@ -110,7 +110,7 @@ def test_ancestral_cache_changes_calls_not_samples():
     cached = sample.ancestral(LANGUAGE, batch_size=4, length=8, mask_id=MASK, steps=50, seed=3)
     uncached = sample.ancestral(LANGUAGE, batch_size=4, length=8, mask_id=MASK, steps=50, seed=3, cache=False)
     assert torch.equal(cached.tokens, uncached.tokens)
-    assert cached.nfe < uncached.nfe == 50  # uncached: every step while tokens are masked
+    assert cached.nfe < uncached.nfe <= 50  # uncached: every step while tokens are masked
     assert cached.nfe <= 1 + 4 * 8  # the first call, then only after steps that unmasked a token
 
 
