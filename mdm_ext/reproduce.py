@@ -28,7 +28,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -43,6 +43,7 @@ from .data import TokenDataset, write_tokens
 from .language import MarkovLanguage
 from .loss import autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS
+from .options import add_options, from_options, option
 from .train import MARKOV_CHAIN_LENGTH, TrainConfig, train
 
 # The float32 recipe's uniforms lie on the grid k / 2^24: a token whose probability in the
@@ -55,34 +56,30 @@ ELBO_REPEATS = 8
 SCHEDULE = "loglinear"  # the ancestral sampler's default, MDLM's schedule
 
 
-def _option(default: Any, description: str, **argparse_kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": description, **argparse_kwargs})
-
-
 @dataclass(frozen=True)
 class ReproduceConfig:
     """One reproduction; every field is also a command-line option (``--train-steps`` ...)."""
 
-    vocab: int = _option(255, "real tokens K of the language; the mask id is K")
-    common: int = _option(8, "frequent tokens, among which each token's likely successors are")
-    successors: int = _option(6, "likely successors of each token")
-    tail_mass: float = _option(0.05, "probability that a token is followed by a uniformly random one")
-    length: int = _option(32, "sequence length L")
-    samples: int = _option(64, "sequences per first-hitting, autoregressive and held-out evaluation")
-    ancestral_samples: int = _option(24, "sequences per ancestral run, whose cost grows with its steps")
-    steps: tuple[int, ...] = _option((16, 64, 256, 1024, 4096, 16384), "step counts N of ancestral sampling")
-    parallel: tuple[int, ...] = _option((2, 4, 8), "tokens per call of the parallel first-hitting runs")
-    bias_vocab: int = _option(50257, "vocabulary of the one-step bias check (GPT-2's)")
-    bias_draws: int = _option(8000, "draws of the one-step bias check; 0 skips it")
-    train_steps: int = _option(300, "optimizer steps of each trained model; 0 skips training")
-    train_batch: int = _option(32, "training sequences per step")
-    train_lr: float = _option(3e-3, "peak learning rate")
-    model: str = _option("tiny", "backbone of both trained models", choices=tuple(PRESETS))
-    seed: int = _option(0, "seed of the language, the samplers, the data and the weights")
-    device: str = _option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available); the oracle "
+    vocab: int = option(255, "real tokens K of the language; the mask id is K")
+    common: int = option(8, "frequent tokens, among which each token's likely successors are")
+    successors: int = option(6, "likely successors of each token")
+    tail_mass: float = option(0.05, "probability that a token is followed by a uniformly random one")
+    length: int = option(32, "sequence length L")
+    samples: int = option(64, "sequences per first-hitting, autoregressive and held-out evaluation")
+    ancestral_samples: int = option(24, "sequences per ancestral run, whose cost grows with its steps")
+    steps: tuple[int, ...] = option((16, 64, 256, 1024, 4096, 16384), "step counts N of ancestral sampling")
+    parallel: tuple[int, ...] = option((2, 4, 8), "tokens per call of the parallel first-hitting runs")
+    bias_vocab: int = option(50257, "vocabulary of the one-step bias check (GPT-2's)")
+    bias_draws: int = option(8000, "draws of the one-step bias check; 0 skips it")
+    train_steps: int = option(300, "optimizer steps of each trained model; 0 skips training")
+    train_batch: int = option(32, "training sequences per step")
+    train_lr: float = option(3e-3, "peak learning rate")
+    model: str = option("tiny", "backbone of both trained models", choices=tuple(PRESETS))
+    seed: int = option(0, "seed of the language, the samplers, the data and the weights")
+    device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available); the oracle "
                                  "itself computes on the CPU")
-    out: str = _option("mdm_ext_out", "output folder")
-    progress: bool = _option(True, "progress bars")
+    out: str = option("mdm_ext_out", "output folder")
+    progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
         positive = ("vocab", "common", "successors", "length", "samples", "ancestral_samples", "bias_vocab",
@@ -105,7 +102,7 @@ class ReproduceConfig:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
 
-# About 2.5 minutes on 2 CPU cores, most of it in the ancestral runs at the largest N, which
+# About 100 s on 2 CPU cores, most of it in the ancestral runs at the largest N, which
 # passes the onset of the float32 bias, tail_mass * 2^24 / K = 3290 steps (onset_steps), 5 times.
 DEMO = ReproduceConfig()
 # The paper's scale of steps, for a GPU: L = 256, N up to 65536, 10^5 one-step draws.
@@ -587,25 +584,12 @@ def write(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
 # Command line.
 def add_arguments(parser: argparse.ArgumentParser, preset: ReproduceConfig) -> None:
     """Every ReproduceConfig field as an option, defaulting to ``preset``'s value."""
-    for f in fields(ReproduceConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(preset, f.name)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        description = f"{f.metadata['help']} (default: {shown})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=description)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="*", default=default, help=description)
-        else:
-            parser.add_argument(flag, type=type(default), default=default, choices=f.metadata.get("choices"),
-                                help=description)
+    add_options(parser, ReproduceConfig, preset)
 
 
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files."""
-    values = {f.name: getattr(args, f.name) for f in fields(ReproduceConfig)}
-    config = ReproduceConfig(**{name: tuple(value) if isinstance(value, list) else value
-                                for name, value in values.items()})
+    config = from_options(ReproduceConfig, args)
     results = reproduce(config)
     paths = write(results, config.out)
     print(markdown(results))

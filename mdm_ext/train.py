@@ -20,9 +20,9 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from .denoiser import Denoiser
 from .language import MarkovLanguage
 from .loss import OBJECTIVES, autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS, Transformer, TransformerConfig
+from .options import add_options, from_options, option
 from .schedules import SCHEDULES
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -53,36 +54,32 @@ MARKOV_TRAIN_CHAINS, MARKOV_EVAL_CHAINS = 256, 16
 DEFAULT_MARKOV_VOCAB = 64
 
 
-def _option(default: Any, description: str, **argparse_kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": description, **argparse_kwargs})
-
-
 @dataclass
 class TrainConfig:
     """One training run; every field is also a command-line option (``--batch-size`` ...)."""
 
-    model: str = _option("tiny", "backbone size", choices=tuple(PRESETS))
-    causal: bool = _option(False, "train the autoregressive baseline (causal attention, "
+    model: str = option("tiny", "backbone size", choices=tuple(PRESETS))
+    causal: bool = option(False, "train the autoregressive baseline (causal attention, "
                                   "next-token loss) instead of a masked diffusion model")
-    objective: str = _option("time_agnostic", "masked diffusion loss", choices=OBJECTIVES)
-    schedule: str = _option("linear", "masking schedule of the loss", choices=SCHEDULES)
-    stratified: bool = _option(True, "spread the batch's noise levels over [0, 1) evenly")
-    length: int = _option(128, "tokens per training sequence")
-    batch_size: int = _option(32, "sequences per step on each process")
-    steps: int = _option(1000, "optimizer steps; the learning-rate schedule spans them")
-    lr: float = _option(3e-4, "peak learning rate")
-    weight_decay: float = _option(0.1, "AdamW weight decay of weight matrices and embeddings")
-    warmup: int = _option(100, "steps of linear learning-rate warm-up")
-    min_lr_ratio: float = _option(0.1, "the cosine decay ends at lr * min_lr_ratio")
-    grad_clip: float = _option(1.0, "maximum global gradient norm; 0 turns clipping off")
-    ema_decay: float = _option(0.999, "decay of the weights' moving average; 0 turns it off")
-    dropout: float = _option(0.0, "dropout probability")
-    eval_every: int = _option(100, "steps between evaluations (also at step 0 and at the end)")
-    eval_batches: int = _option(4, "batches of batch_size sequences per evaluation")
-    checkpoint_every: int = _option(500, "steps between checkpoints (also at the end)")
-    out: Optional[str] = _option(None, "folder of checkpoint.pt; None: no checkpoints")
-    seed: int = _option(0, "seed of the weights, batches, masks and dropout")
-    device: str = _option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    objective: str = option("time_agnostic", "masked diffusion loss", choices=OBJECTIVES)
+    schedule: str = option("linear", "masking schedule of the loss", choices=SCHEDULES)
+    stratified: bool = option(True, "spread the batch's noise levels over [0, 1) evenly")
+    length: int = option(128, "tokens per training sequence")
+    batch_size: int = option(32, "sequences per step on each process")
+    steps: int = option(1000, "optimizer steps; the learning-rate schedule spans them")
+    lr: float = option(3e-4, "peak learning rate")
+    weight_decay: float = option(0.1, "AdamW weight decay of weight matrices and embeddings")
+    warmup: int = option(100, "steps of linear learning-rate warm-up")
+    min_lr_ratio: float = option(0.1, "the cosine decay ends at lr * min_lr_ratio")
+    grad_clip: float = option(1.0, "maximum global gradient norm; 0 turns clipping off")
+    ema_decay: float = option(0.999, "decay of the weights' moving average; 0 turns it off")
+    dropout: float = option(0.0, "dropout probability")
+    eval_every: int = option(100, "steps between evaluations (also at step 0 and at the end)")
+    eval_batches: int = option(4, "batches of batch_size sequences per evaluation")
+    checkpoint_every: int = option(500, "steps between checkpoints (also at the end)")
+    out: Optional[str] = option(None, "folder of checkpoint.pt; None: no checkpoints")
+    seed: int = option(0, "seed of the weights, batches, masks and dropout")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -375,23 +372,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--eval-data", metavar="FILE.bin", help="held-out token file for --data")
     parser.add_argument("--out", default="mdm_ext_out/train", help="folder of the checkpoint, "
                         "result.json and generated data (default: ./mdm_ext_out/train)")
-    options = parser.add_argument_group("training")
-    for f in fields(TrainConfig):
-        if f.name == "out":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        description = f"{f.metadata['help']} (default: {f.default})"
-        if isinstance(f.default, bool):
-            options.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                 help=description)
-        else:
-            options.add_argument(flag, type=type(f.default), default=f.default,
-                                 choices=f.metadata.get("choices"), help=description)
+    add_options(parser.add_argument_group("training"), TrainConfig, skip=("out",))
 
 
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext train``: train on the chosen data, then write result.json beside the checkpoint."""
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    config = from_options(TrainConfig, args)
     dataset, eval_dataset = _datasets(args)
     result = train(config, dataset, eval_dataset=eval_dataset, progress=True)
     if result.rank != 0:
