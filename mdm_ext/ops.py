@@ -220,6 +220,7 @@ def first_hit_times(
     schedule: str = "linear",
     seed: Optional[int] = None,
     offset: int = 0,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Next unmask time of each sequence: tau' = alpha^-1(1 - u^{1/n} (1 - alpha_t)), u ~ U[0, 1).
 
@@ -227,6 +228,8 @@ def first_hit_times(
         t: [B] float32/float64 current times in [0, 1].
         n_masked: [B] integer masked counts (>= 0); rows with 0 keep their time.
         schedule: "linear", "loglinear" or "cosine" (see :mod:`mdm_ext.schedules`).
+        validate: check the values of t and n_masked, which reads them back from the device;
+            False is for callers whose values hold by construction (a sampler's loop).
 
     Returns [B] times in the dtype of t.
     """
@@ -237,9 +240,9 @@ def first_hit_times(
     if t.dim() != 1 or n_masked.shape != t.shape:
         raise ValueError(f"t and n_masked must both have shape [B], got {tuple(t.shape)} and {tuple(n_masked.shape)}")
     _check_device(t=t, n_masked=n_masked)
-    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+    if validate and t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
         raise ValueError("t must lie in [0, 1]")
-    if n_masked.numel() and bool((n_masked < 0).any()):
+    if validate and n_masked.numel() and bool((n_masked < 0).any()):
         raise ValueError("n_masked must be >= 0")
     seed, offset = _randomness(seed, offset)
     return _ops.first_hit_times.default(t, n_masked.long(), schedule_id(schedule), seed, offset)
@@ -266,17 +269,26 @@ def choose_masked(
         raise TypeError(f"x must be an int64 tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() != 2:
         raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
-    # A tensor k stays where it is, so that a k on another device is reported, not copied.
-    counts = k if isinstance(k, torch.Tensor) else torch.tensor(k, device=x.device)
-    if counts.dtype.is_floating_point or counts.dtype == torch.bool:
-        raise TypeError(f"k must be an int or an integer tensor, got {counts.dtype}")
-    if counts.dim() > 1 or (counts.dim() == 1 and counts.shape[0] != x.shape[0]):
-        raise ValueError(f"k must be an int or have shape [B] = [{x.shape[0]}], got {tuple(counts.shape)}")
-    _check_device(x=x, k=counts)
-    if counts.numel() and bool((counts < 0).any()):
-        raise ValueError("k must be >= 0")
+    if isinstance(k, torch.Tensor):
+        # A tensor k stays where it is, so that a k on another device is reported, not copied.
+        if k.dtype.is_floating_point or k.dtype == torch.bool:
+            raise TypeError(f"k must be an int or an integer tensor, got {k.dtype}")
+        if k.dim() > 1 or (k.dim() == 1 and k.shape[0] != x.shape[0]):
+            raise ValueError(f"k must be an int or have shape [B] = [{x.shape[0]}], got {tuple(k.shape)}")
+        _check_device(x=x, k=k)
+        if k.numel() and bool((k < 0).any()):
+            raise ValueError("k must be >= 0")
+        counts = k.long().expand(x.shape[0]).contiguous()
+    else:
+        if isinstance(k, bool) or not hasattr(k, "__index__"):
+            raise TypeError(f"k must be an int or an integer tensor, got {type(k).__name__}")
+        k = k.__index__()
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        _check_device(x=x)
+        # filled on the device: an int k costs no host-to-device copy (and no wait for one)
+        counts = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
     seed, offset = _randomness(seed, offset)
-    counts = counts.long().expand(x.shape[0]).contiguous()
     return _ops.choose_masked.default(x, int(mask_id), counts, seed, offset)
 
 

@@ -50,9 +50,9 @@ class SampleResult:
 
 def _filter_top(logits: Tensor, top_k: Optional[int], top_p: Optional[float]) -> Tensor:
     """-inf outside the top_k largest logits, then outside the smallest set of tokens whose
-    probability reaches top_p (the token crossing top_p is kept). logits: [N, V] -> [N, V]."""
+    probability reaches top_p (the token crossing top_p is kept). logits: [..., V] -> [..., V]."""
     if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
+        kth_largest = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
     if top_p is not None and top_p < 1:
         ordered, order = logits.sort(dim=-1, descending=True)
@@ -89,6 +89,7 @@ class _Sampling:
         self.progress = progress
         self.device = torch.device(device) if device is not None else self._network_device()
         self.calls = 0  # Philox offset: one per random kernel call
+        self.unchecked_max: Optional[Tensor] = None  # the initial tokens' largest id, until checked
         self.nfe = 0
         self.categorical_draws = 0
         self.start = time.perf_counter()
@@ -122,23 +123,28 @@ class _Sampling:
         if prefix.numel() and int(prefix.min()) < 0:
             raise ValueError("prefix must hold token ids >= 0")
         x[:, : prefix.shape[-1]] = prefix.to(self.device)
+        self.unchecked_max = x.max()
         return x
 
     def evaluate(self, x: Tensor, *, t: Optional[Tensor] = None,
                  positions: Optional[Tensor] = None) -> Tensor:
-        """The denoiser's logits [b, L or K, V], checked to leave room for the mask id."""
+        """The denoiser's logits [b, L or K, V]. The prefix's ids are checked against V once,
+        at the first call (drawn tokens are < V by construction): one read of the device."""
         self.nfe += 1
         logits = self.denoiser(x, t=t, positions=positions)
-        if x.numel() and int(x.max()) >= max(logits.shape[-1], self.mask_id + 1):
-            raise ValueError(f"tokens reach id {int(x.max())}, beyond the denoiser's {logits.shape[-1]} logits")
+        if self.unchecked_max is not None:
+            largest, self.unchecked_max = int(self.unchecked_max), None
+            if largest >= max(logits.shape[-1], self.mask_id + 1):
+                raise ValueError(f"prefix holds id {largest}, beyond the denoiser's {logits.shape[-1]} logits")
         return logits
 
     def _exclude(self, width: int) -> Optional[int]:
         return self.mask_id if self.mask_id < width else None
 
     def draw(self, logits: Tensor) -> Tensor:
-        """One token per row of logits [N, V] under temperature and filters, never mask_id."""
-        self.categorical_draws += logits.shape[0]
+        """One token per row of logits [..., V] under temperature and filters, never mask_id:
+        tokens [...]."""
+        self.categorical_draws += logits.numel() // max(logits.shape[-1], 1)
         exclude = self._exclude(logits.shape[-1])
         temperature = self.temperature
         if temperature > 0 and (self.top_k is not None or self.top_p is not None):
@@ -149,17 +155,17 @@ class _Sampling:
 
     def draw_scores(self, scores: Tensor) -> Tensor:
         """One outcome per row of unnormalised log-probabilities [N, C], taken as they are."""
-        self.categorical_draws += scores.shape[0]
+        self.categorical_draws += scores.numel() // max(scores.shape[-1], 1)
         return gumbel_argmax(scores, seed=self.seed, offset=self._offset(),
                              legacy_float32=self.legacy_float32)
 
     def draw_probs(self, probs: Tensor) -> Tensor:
-        """One outcome per row of unnormalised probabilities [N, C]."""
-        self.categorical_draws += probs.shape[0]
+        """One outcome per row of unnormalised probabilities [..., C]: outcomes [...]."""
+        self.categorical_draws += probs.numel() // max(probs.shape[-1], 1)
         return categorical(probs, seed=self.seed, offset=self._offset(), legacy_float32=self.legacy_float32)
 
     def log_probs(self, logits: Tensor) -> Tensor:
-        """Normalised log-probabilities [N, V] (float32 or float64) of the token distribution
+        """Normalised log-probabilities [..., V] (float32 or float64) of the token distribution
         the sampler draws from: the mask column removed, temperature and filters applied;
         temperature 0 puts all mass on the argmax."""
         scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -177,8 +183,9 @@ class _Sampling:
         return ops.choose_masked(x, self.mask_id, k, seed=self.seed, offset=self._offset())
 
     def first_hit(self, t: Tensor, n_masked: Tensor, schedule: str) -> Tensor:
-        """The next unmask time of each sequence, [B] float64."""
-        return ops.first_hit_times(t, n_masked, schedule=schedule, seed=self.seed, offset=self._offset())
+        """The next unmask time of each sequence, [B] float64 (valid inputs: nothing read back)."""
+        return ops.first_hit_times(t, n_masked, schedule=schedule, seed=self.seed, offset=self._offset(),
+                                   validate=False)
 
     def bar(self, total: int, unit: str) -> tqdm:
         return tqdm(total=total, unit=unit, disable=not self.progress, leave=False)
@@ -258,7 +265,8 @@ def ancestral(
 
 
 def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], int]:
-    """Step index -> number of tokens to unmask, from an int or a sequence of counts."""
+    """Step index -> number of tokens to unmask, from an int or a sequence of counts; asked
+    only while tokens are masked, so a sequence that runs out has not covered them."""
     if isinstance(tokens_per_step, int) and not isinstance(tokens_per_step, bool):
         if tokens_per_step < 1:
             raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
@@ -267,17 +275,44 @@ def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], 
     if not counts or min(counts) < 1:
         raise ValueError(f"tokens_per_step must be an int >= 1 or a non-empty sequence of ints >= 1, "
                          f"got {tokens_per_step}")
-    return lambda step: counts[step] if step < len(counts) else None
+
+    def count_of(step: int) -> int:
+        if step >= len(counts):
+            raise ValueError(f"tokens_per_step covers {len(counts)} steps, but tokens are still masked")
+        return counts[step]
+    return count_of
 
 
-def _chosen_positions(chosen: Tensor) -> tuple[Tensor, Tensor]:
-    """chosen: bool [B, L] -> positions [B, K] (K = the most chosen in a row; chosen ones
-    first, in increasing order) and valid: bool [B, K]."""
-    k = chosen.sum(1)
-    width = max(int(k.max()), 1)
-    positions = chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
-    valid = torch.arange(width, device=chosen.device) < k[:, None]
-    return positions, valid
+def _masked_counts(x: Tensor, mask_id: int, prefix: Optional[Tensor]) -> list[int]:
+    """Each row's masked count. Read once (not at all without a prefix): afterwards a
+    first-hitting run knows every count and shape on the host, so its steps queue device work
+    without waiting for it."""
+    if prefix is None:
+        return [x.shape[1]] * x.shape[0]
+    return (x == mask_id).sum(1).tolist()
+
+
+def _rows(tensor: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """tensor[rows], or tensor itself when rows is None (every row)."""
+    return tensor if rows is None else tensor.index_select(0, rows)
+
+
+def _chosen_positions(chosen: Tensor, width: int) -> Tensor:
+    """chosen: bool [b, L], at most ``width`` per row -> positions [b, width]: the chosen ones
+    first, in increasing order, then unchosen ones (padding of rows with fewer)."""
+    return chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+
+
+def _fill(x: Tensor, active: Optional[Tensor], positions: Tensor, valid: Optional[Tensor], tokens: Tensor) -> None:
+    """Writes tokens [b, w] at positions [b, w] of the active rows of x (every row when None),
+    in the valid slots only (all when None); in place. A row's positions are distinct, so a
+    padding slot rewrites its own token."""
+    if valid is not None:
+        tokens = torch.where(valid, tokens, _rows(x, active).gather(1, positions))
+    if active is None:
+        x.scatter_(1, positions, tokens)
+    else:
+        x[active[:, None], positions] = tokens
 
 
 def _masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
@@ -288,13 +323,13 @@ def _masked_log_probs(logits: Tensor, mask_id: int) -> Tensor:
     return scores.log_softmax(-1)
 
 
-def _extrapolate(current: Tensor, previous: Tensor, ratio: Tensor) -> Tensor:
-    """current + ratio (current - previous) for log-probabilities [N, V], ratio [N]; entries
-    where either is -inf keep ``current`` (an impossible token stays impossible and a token
-    that just became possible is not pushed to +inf)."""
+def _extrapolate(current: Tensor, previous: Tensor, ratio: float) -> Tensor:
+    """current + ratio (current - previous) for log-probabilities [..., V]; entries where
+    either is -inf keep ``current`` (an impossible token stays impossible and a token that just
+    became possible is not pushed to +inf)."""
     finite = torch.isfinite(current) & torch.isfinite(previous)
     step = torch.where(finite, current - previous, torch.zeros_like(current))
-    return current + ratio[:, None].to(current.dtype) * step
+    return current + ratio * step
 
 
 @torch.no_grad()
@@ -322,9 +357,11 @@ def first_hitting(
     order: 1; 2 extrapolates each position's log-probabilities linearly from the previous
         call's output to the middle of the step (no extra calls: each call also evaluates the
         next step's positions, which are chosen one step ahead); "pc" is a predictor-corrector
-        step: the first half of a step's positions are drawn from the current output, the
-        network is called again, and the second half is drawn from max(2 p_mid - p_now, 0)
+        step: the first ceil(k / 2) of a step's positions are drawn from the current output,
+        the network is called again, and the others are drawn from max(2 p_mid - p_now, 0)
         (one extra call per step with k >= 2; the trapezoidal rule at the step's midpoint).
+    Every count and shape follows on the host from the initial masked counts, so a step queues
+    its device work without reading anything back but the token draw's error check.
     Returns tokens [batch_size, length].
     """
     if order not in (1, 2, "pc"):
@@ -334,90 +371,84 @@ def first_hitting(
     run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
     x = run.initial_tokens(batch_size, length, prefix)
+    remaining = _masked_counts(x, mask_id, prefix)
     timed = run.denoiser.needs_time
     t = torch.ones(batch_size, dtype=torch.float64, device=x.device)
-    step = 0
+    active_rows: Optional[tuple[bool, ...]] = None
+    active: Optional[Tensor] = None  # indices of the rows with masks left; None: every row
     # order 2: positions of this step chosen at the last one, and their log-probabilities there
     upcoming: Optional[Tensor] = None
     previous_log_probs: Optional[Tensor] = None
     previous_count = 0
-    total_masked = int((x == mask_id).sum(1).max())
-    with run.bar(total_masked, "token") as bar:
-        while True:
-            n_masked = (x == mask_id).sum(1)
-            if not bool((n_masked > 0).any()):
-                break
+    step = 0
+    with run.bar(sum(remaining), "token") as bar:
+        while max(remaining) > 0:
             k = count_of(step)
-            if k is None:
-                raise ValueError(f"tokens_per_step covers {step} steps, but tokens are still masked")
+            take = [min(k, n) for n in remaining]
+            width = max(take)
+            if tuple(n > 0 for n in take) != active_rows:
+                active_rows = tuple(n > 0 for n in take)
+                active = None if all(active_rows) else torch.tensor(
+                    [i for i, a in enumerate(active_rows) if a]).to(x.device, non_blocking=True)
             chosen = upcoming if upcoming is not None else run.choose(x, k)
-            active = chosen.any(1)
-            positions, valid = _chosen_positions(chosen[active])
+            positions = _chosen_positions(_rows(chosen, active), width)
+            valid = None  # every slot holds a chosen position unless the rows' counts differ
+            if min(n for n in take if n) < width:
+                valid = torch.arange(width, device=x.device) < _rows(chosen, active).sum(1, keepdim=True)
+            remaining = [n - c for n, c in zip(remaining, take)]
             query = positions
             if order == 2:
-                next_k = count_of(step + 1)
-                ahead = x.masked_fill(chosen, -1)  # the step's own positions count as unmasked
-                upcoming = run.choose(ahead, next_k) if next_k is not None else torch.zeros_like(chosen)
-                upcoming_positions, _ = _chosen_positions(upcoming[active])
-                query = torch.cat([positions, upcoming_positions], dim=1)
+                upcoming = None
+                if max(remaining) > 0:
+                    next_k = count_of(step + 1)
+                    upcoming = run.choose(x.masked_fill(chosen, -1), next_k)  # this step's positions excluded
+                    ahead = _chosen_positions(_rows(upcoming, active), max(min(next_k, n) for n in remaining))
+                    query = torch.cat([positions, ahead], dim=1)
             time = None
             if timed:
+                n_masked = (x == mask_id).sum(1)
                 t_first = run.first_hit(t, n_masked, schedule)
-                time = t_first[active]
+                time = _rows(t_first, active)
                 for _ in range(1, k):  # the step's remaining unmask times; the last one stays
-                    t_first = run.first_hit(t_first, (n_masked - 1).clamp(min=0), schedule)
                     n_masked = (n_masked - 1).clamp(min=0)
-                t = torch.where(active, t_first, t)
-            logits = run.evaluate(x[active], t=time, positions=query)
-            now = logits[:, : positions.shape[1]]
-            rows, slots = valid.nonzero(as_tuple=True)
+                    t_first = run.first_hit(t_first, n_masked, schedule)
+                t = t_first  # rows without masks keep their time
+            logits = run.evaluate(_rows(x, active), t=time, positions=query)
+            now = logits[:, :width]
             if order == 2:
-                log_probs = _masked_log_probs(now, mask_id)
-                if previous_log_probs is not None and step > 0:
-                    ratio = torch.full((len(rows),), k / (2 * previous_count), device=x.device)
-                    drawn = run.draw(_extrapolate(log_probs[rows, slots], previous_log_probs[active][rows, slots],
-                                                  ratio))
-                else:
-                    drawn = run.draw(now[rows, slots])
-                ahead_log_probs = _masked_log_probs(logits[:, positions.shape[1]:], mask_id)
-                previous_log_probs = torch.zeros((batch_size, *ahead_log_probs.shape[1:]),
-                                                 dtype=ahead_log_probs.dtype, device=x.device)
-                previous_log_probs[active] = ahead_log_probs
-                previous_count = k
-                _fill(x, active, positions, rows, slots, drawn)
-            elif order == "pc" and positions.shape[1] >= 2:
+                scores = now
+                if previous_log_probs is not None:
+                    scores = _extrapolate(_masked_log_probs(now, mask_id), _rows(previous_log_probs, active),
+                                          k / (2 * previous_count))
+                _fill(x, active, positions, valid, run.draw(scores))
+                if upcoming is not None:
+                    ahead_log_probs = _masked_log_probs(logits[:, width:], mask_id)
+                    previous_log_probs = ahead_log_probs if active is None else ahead_log_probs.new_zeros(
+                        (batch_size, *ahead_log_probs.shape[1:])).index_copy_(0, active, ahead_log_probs)
+                    previous_count = k
+            elif order == "pc" and width >= 2:
                 _predict_correct(run, x, active, positions, valid, now, time)
             else:
-                _fill(x, active, positions, rows, slots, run.draw(now[rows, slots]))
-            bar.update(int(valid.sum()))
+                _fill(x, active, positions, valid, run.draw(now))
+            bar.update(sum(take))
             step += 1
     return run.result(x)
 
 
-def _fill(x: Tensor, active: Tensor, positions: Tensor, rows: Tensor, slots: Tensor, tokens: Tensor) -> None:
-    """x[active rows][rows, positions[rows, slots]] = tokens, in place."""
-    sequence = active.nonzero(as_tuple=True)[0][rows]
-    x[sequence, positions[rows, slots]] = tokens
-
-
-def _predict_correct(run: _Sampling, x: Tensor, active: Tensor, positions: Tensor, valid: Tensor,
-                     now: Tensor, time: Optional[Tensor]) -> None:
-    """One predictor-corrector step (see :func:`first_hitting`), in place on x."""
-    counts = valid.sum(1)
-    first_half = valid & (torch.arange(positions.shape[1], device=x.device) < (counts[:, None] + 1) // 2)
-    second_half = valid & ~first_half
-    rows, slots = first_half.nonzero(as_tuple=True)
-    _fill(x, active, positions, rows, slots, run.draw(now[rows, slots]))
-    if not bool(second_half.any()):
-        return
-    mid = run.evaluate(x[active], t=time, positions=positions)
-    rows, slots = second_half.nonzero(as_tuple=True)
-    p_now = run.log_probs(now[rows, slots]).double().exp()
-    p_mid = run.log_probs(mid[rows, slots]).double().exp()
+def _predict_correct(run: _Sampling, x: Tensor, active: Optional[Tensor], positions: Tensor,
+                     valid: Optional[Tensor], now: Tensor, time: Optional[Tensor]) -> None:
+    """One predictor-corrector step (see :func:`first_hitting`) on w >= 2 positions, in place
+    on x: the first ceil(w / 2) drawn from the current output ``now`` [b, w, V], the rest from
+    the corrected one after a call at them."""
+    half = (positions.shape[1] + 1) // 2
+    _fill(x, active, positions[:, :half], None if valid is None else valid[:, :half], run.draw(now[:, :half]))
+    mid = run.evaluate(_rows(x, active), t=time, positions=positions[:, half:])
+    p_now = run.log_probs(now[:, half:]).double().exp()
+    p_mid = run.log_probs(mid).double().exp()
     corrected = (2 * p_mid - p_now).clamp(min=0)
     # rounding can cancel every entry only where p_mid and p_now agree; fall back to p_mid there
-    corrected = torch.where(corrected.sum(1, keepdim=True) > 0, corrected, p_mid)
-    _fill(x, active, positions, rows, slots, run.draw_probs(corrected))
+    corrected = torch.where(corrected.sum(-1, keepdim=True) > 0, corrected, p_mid)
+    _fill(x, active, positions[:, half:], None if valid is None else valid[:, half:], run.draw_probs(corrected))
 
 
 @torch.no_grad()

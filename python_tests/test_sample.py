@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import chisquare_pvalue
 from mdm_ext import sample
@@ -90,6 +91,60 @@ def test_first_hitting_asynchronous_rows_drop_out_when_done():
     template = torch.tensor([[MASK] * 6, [1, 2, 3, 4, MASK, MASK]])
     sample.first_hitting(recorder, batch_size=2, length=6, mask_id=MASK, prefix=template, seed=0)
     assert [counts.tolist() for counts in recorder.masked_counts] == [[6, 2], [5, 1], [4], [3], [2], [1]]
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that, on a GPU, make the host wait for the device: reads of a value
+    (item, int(), bool()) and outputs sized by values (nonzero, boolean indexing)."""
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default)
+    INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default)
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS or (func in self.INDEXING and any(
+                index is not None and index.dtype == torch.bool for index in args[1])):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads(run, length: int) -> int:
+    with HostReads() as reads:
+        run(length)
+    return reads.count
+
+
+BACKBONE = Transformer(TransformerConfig.preset("tiny", vocab_size=MASK + 1, max_len=64)).eval()
+UNEVEN = torch.tensor([[1, MASK, 2, MASK, MASK], [MASK, 3, 4, 5, 6]])  # rows finish apart
+STEADY = {
+    "exact": dict(),
+    "exact_timed_prefix": dict(denoiser=Denoiser(lambda x, t: BACKBONE(x), needs_time=True), prefix=UNEVEN),
+    "parallel_3_prefix": dict(tokens_per_step=3, prefix=UNEVEN),
+    "order_2_prefix": dict(tokens_per_step=3, order=2, prefix=UNEVEN),
+    "pc_prefix": dict(tokens_per_step=3, order="pc", prefix=UNEVEN),
+}
+
+
+@pytest.mark.parametrize("name", STEADY)
+def test_first_hitting_steps_read_nothing_back(name):
+    """The reads a run makes do not grow with its steps (on CUDA, each draw adds one: its error
+    check, inside the kernel's op)."""
+    options = {"denoiser": BACKBONE, **STEADY[name]}
+
+    def run(length):
+        return sample.first_hitting(options["denoiser"], batch_size=2, length=length, mask_id=MASK, seed=0,
+                                    **{k: v for k, v in options.items() if k != "denoiser"})
+    assert host_reads(run, 8) == host_reads(run, 40)
+
+
+def test_host_read_count_catches_a_per_step_read():
+    def run(length):
+        return sample.ancestral(BACKBONE, batch_size=2, length=length, mask_id=MASK, steps=length, seed=0)
+    assert host_reads(run, 40) > host_reads(run, 8) + 32
 
 
 def test_count_schedule_must_cover_the_masks():
