@@ -32,6 +32,7 @@ __global__ void choose_masked_kernel(const int64_t* x, int64_t length, int64_t m
   __shared__ int histogram[kBins];
   __shared__ uint64_t prefix;     // high bits of the k-th smallest key found so far
   __shared__ int64_t remaining;   // its rank among keys sharing those bits
+  __shared__ int64_t sharing;     // how many keys share those bits
   const int64_t b = blockIdx.x;
   const int64_t* row = x + b * length;
   if (threadIdx.x == 0) {
@@ -54,15 +55,21 @@ __global__ void choose_masked_kernel(const int64_t* x, int64_t length, int64_t m
       int digit = 0;
       while (digit < kBins - 1 && histogram[digit] < remaining) remaining -= histogram[digit++];
       prefix |= uint64_t(digit) << shift;
+      sharing = histogram[digit];
     }
     __syncthreads();
   }
-  // Keys below the threshold are chosen; at the threshold (a tie, or the k-th key itself)
-  // positions are taken in order, as the CPU kernel's (key, position) order does.
+  // Keys below the threshold are chosen, and so are the keys equal to it when all of them are
+  // needed: always, but for a tie of 64-bit keys, where positions are taken in order by one
+  // thread, as the CPU kernel's (key, position) order does.
   const uint64_t threshold = prefix;
-  for (int64_t pos = threadIdx.x; pos < length; pos += blockDim.x)
-    if (row[pos] == mask_id && position_key(seed, offset, b, pos) < threshold) chosen[b * length + pos] = true;
-  if (threadIdx.x == 0) {
+  const bool all_at_threshold = remaining >= sharing;
+  for (int64_t pos = threadIdx.x; pos < length; pos += blockDim.x) {
+    if (row[pos] != mask_id) continue;
+    const uint64_t key = position_key(seed, offset, b, pos);
+    if (key < threshold || (all_at_threshold && key == threshold)) chosen[b * length + pos] = true;
+  }
+  if (!all_at_threshold && threadIdx.x == 0) {
     for (int64_t pos = 0, left = remaining; pos < length && left > 0; ++pos) {
       if (row[pos] == mask_id && position_key(seed, offset, b, pos) == threshold) {
         chosen[b * length + pos] = true;
