@@ -7,13 +7,14 @@ so files written by other tools load as they are.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from .files import write_atomic
 
 TOKEN_DTYPES = ("uint16", "uint32", "int32", "int64")
 
@@ -65,15 +66,7 @@ def write_tokens(path: str | os.PathLike, ids: Iterable[int] | np.ndarray | torc
     dtype = _checked_dtype(token_dtype(int(ids.max()) + 1) if dtype is None else dtype)
     if ids.min() < np.iinfo(dtype).min or ids.max() > np.iinfo(dtype).max:
         raise ValueError(f"ids in [{ids.min()}, {ids.max()}] do not fit dtype {dtype.name}")
-    path = Path(path)
-    fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(ids.astype(dtype).tobytes())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    write_atomic(path, lambda file: file.write(ids.astype(dtype).tobytes()))
     return dtype
 
 

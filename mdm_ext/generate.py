@@ -9,17 +9,17 @@ Rank 0 writes one file: ``tokens`` [N, L] int64 plus per-batch counters, loadabl
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import sample
+from .files import save_atomic
 from .language import MarkovLanguage
+from .processes import process_device, process_group
 
 SAMPLERS = ("first_hitting", "ancestral", "confidence", "autoregressive")
 
@@ -57,16 +57,6 @@ def assemble(results: dict[int, sample.SampleResult]) -> dict[str, torch.Tensor]
         "categorical_draws": torch.tensor([r.categorical_draws for r in ordered]),
         "seconds": torch.tensor([r.seconds for r in ordered], dtype=torch.float64),
     }
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 def _network(args: argparse.Namespace, device: torch.device) -> tuple[Callable, int, bool]:
@@ -128,19 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext sample``: draw, gather on rank 0 and write ``--out``."""
     args.order = args.order if args.order == "pc" else int(args.order)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if args.device == "auto":
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        device = torch.device(args.device)
-    distributed = world_size > 1
-    if distributed:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        rank = dist.get_rank() if distributed else 0
+    device = process_device(args.device)
+    with process_group(device):
+        distributed = dist.is_initialized()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         network, mask_id, causal = _network(args, device)
         draw = _sampler(args, network, mask_id, causal, device)
         results = draw_batches(draw, args.num_samples, args.batch_size, args.seed, rank, world_size,
@@ -160,9 +141,6 @@ def run(args: argparse.Namespace) -> None:
             print(f"wrote {tokens.shape[0]} samples of length {tokens.shape[1]} to {args.out} "
                   f"({int(output['nfe'].sum())} network calls, {float(output['seconds'].sum()):.1f} s "
                   f"over {world_size} process(es))")
-    finally:
-        if distributed:
-            dist.destroy_process_group()
 
 
 def _to_cpu(result: sample.SampleResult) -> sample.SampleResult:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import metrics, ops, reference, sample, schedules
 from .data import TokenDataset, write_tokens
+from .files import write_atomic
 from .language import MarkovLanguage
 from .loss import autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS
@@ -558,18 +559,6 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """A temporary file beside ``path``, renamed over it: readers never see half a file."""
-    fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-
-
 def write(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
     """results.md, results.json and the plots in ``out``; returns their paths."""
     folder = Path(out)
@@ -577,7 +566,7 @@ def write(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
     files = {"results.md": markdown(results).encode(),
              "results.json": json.dumps(results, indent=2).encode(), **plot(results)}
     for name, data in files.items():
-        _write_atomic(folder / name, data)
+        write_atomic(folder / name, lambda file: file.write(data))
     return [folder / name for name in files]
 
 

@@ -11,7 +11,9 @@ in the same unit (nats per token over all L tokens).
 Resuming is exact: every random draw of step k (batch windows, noise levels, masks, dropout)
 is a pure function of (seed, k, rank), so a checkpoint needs no RNG state, and a run killed
 after a checkpoint and restarted with the same ``out`` ends with the same weights, bit for bit,
-as an uninterrupted run (same device type, world size and thread count).
+as an uninterrupted run (same device type, world size and thread count; on CUDA, with
+deterministic kernels: ``torch.use_deterministic_algorithms(True)`` and
+``CUBLAS_WORKSPACE_CONFIG=:4096:8``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -34,10 +35,12 @@ from tqdm import tqdm
 
 from .data import TOKEN_DTYPES, ByteTokenizer, TokenDataset, write_tokens
 from .denoiser import Denoiser
+from .files import save_atomic
 from .language import MarkovLanguage
 from .loss import OBJECTIVES, autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS, Transformer, TransformerConfig
 from .options import add_options, from_options, option
+from .processes import process_device, process_group
 from .schedules import SCHEDULES
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -79,7 +82,7 @@ class TrainConfig:
     checkpoint_every: int = option(500, "steps between checkpoints (also at the end)")
     out: Optional[str] = option(None, "folder of checkpoint.pt; None: no checkpoints")
     seed: int = option(0, "seed of the weights, batches, masks and dropout")
-    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (this rank's GPU when there is one per process)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -153,17 +156,9 @@ def train(config: TrainConfig, dataset: TokenDataset, *, eval_dataset: Optional[
         raise ValueError(f"until must be in [0, config.steps = {config.steps}], got {until}")
     stop = config.steps if until is None else until
 
-    device = _device(config.device)
-    owns_process_group = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
-    if owns_process_group:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
+    device = process_device(config.device)
+    with process_group(device):
         return _train(config, dataset, eval_dataset, mask_id, stop, device, progress)
-    finally:
-        if owns_process_group:
-            dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[TokenDataset],
@@ -242,7 +237,7 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
         if rank == 0 and (done % config.eval_every == 0 or done == config.steps):
             evaluate(done)
         if rank == 0 and checkpoint is not None and (done % config.checkpoint_every == 0 or done == stop):
-            _save_atomic(_checkpoint_state(config, model, ema, optimizer, scheduler, done, eval_history,
+            save_atomic(_checkpoint_state(config, model, ema, optimizer, scheduler, done, eval_history,
                                            world_size), checkpoint)
     bar.close()
     return TrainResult(
@@ -277,15 +272,6 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
 def _derived_seed(*key: int) -> int:
     """A seed in [0, 2^63) hashed from integers: nearby keys give unrelated streams."""
     return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -314,28 +300,6 @@ def _check_resumable(state: dict, config: TrainConfig, world_size: int) -> None:
     if state["world_size"] != world_size:
         raise ValueError(f"the checkpoint was written by {state['world_size']} processes, "
                          f"this run has {world_size}: exact resumption needs the same number")
-
-
-def _save_atomic(state: dict, path: Path) -> None:
-    """Write ``state`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: a crash at any point leaves the previous checkpoint whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-    # the rename itself reaches the disk only with the folder
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = True,

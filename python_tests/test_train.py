@@ -51,7 +51,7 @@ def data(tmp_path_factory) -> dict[str, TokenDataset]:
 
 def tiny_config(**changes) -> TrainConfig:
     return replace(TrainConfig(length=32, batch_size=8, steps=6, lr=3e-3, warmup=2, eval_every=3,
-                               eval_batches=1, checkpoint_every=3, ema_decay=0.9), **changes)
+                               eval_batches=1, checkpoint_every=3, ema_decay=0.9, device="cpu"), **changes)
 
 
 def assert_identical(a, b, where: str = "") -> None:
