@@ -241,25 +241,29 @@ def ancestral(
     stale = torch.ones(batch_size, dtype=torch.bool, device=x.device)
     with run.bar(steps, "step") as bar:
         for step in range(steps):
+            # two reads of the device a step (the masked positions, the rows to evaluate): the
+            # shapes of its work depend on both
             masked = x == mask_id
-            has_masked = masked.any(1)
-            if not bool(has_masked.any()):
+            row, position = masked.nonzero(as_tuple=True)
+            if row.numel() == 0:
                 break
             alpha_t, alpha_s = alphas[step], alphas[step + 1]
-            evaluate = has_masked & stale if reuse else has_masked
-            if bool(evaluate.any()):
-                t = torch.full((int(evaluate.sum()),), 1 - step / steps, dtype=torch.float64, device=x.device)
-                fresh = run.evaluate(x[evaluate], t=t)
+            evaluate = masked.any(1) & stale if reuse else masked.any(1)
+            rows = evaluate.nonzero().squeeze(1)
+            if rows.numel():
+                t = torch.full((rows.numel(),), 1 - step / steps, dtype=torch.float64, device=x.device)
+                fresh = run.evaluate(x.index_select(0, rows), t=t)
                 if logits is None:
                     logits = fresh.new_empty((batch_size, *fresh.shape[1:]))
-                logits[evaluate] = fresh
-            row, position = masked.nonzero(as_tuple=True)
+                logits.index_copy_(0, rows, fresh)
             # log((1 - alpha_s) / (alpha_s - alpha_t)): the token columns hold log p(v | x) only
             log_stay = math.log(1 - alpha_s) - math.log(alpha_s - alpha_t) if alpha_s < 1 else -math.inf
             scores = _with_stay_column(run.log_probs(logits[row, position]), log_stay, mask_id)
             drawn = run.draw_scores(scores)
             x[row, position] = drawn
-            stale = torch.zeros_like(stale).index_fill_(0, row[drawn != mask_id], True)
+            unmasked = torch.zeros(batch_size, dtype=torch.int64, device=x.device).index_add_(
+                0, row, (drawn != mask_id).long())
+            stale = unmasked > 0
             bar.update()
     return run.result(x)
 
