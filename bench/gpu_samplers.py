@@ -4,16 +4,22 @@ A 12-layer, 768-wide bidirectional backbone (random weights; about 170M paramete
 untied 50258-way head), L = 1024, |V| = 50257. For each batch size, the cached ancestral sampler
 at N steps (float64-accurate draws) is timed against exact first-hitting (L network calls), and
 first-hitting's own overhead (everything but the network) is its wall time less the time spent
-inside the network, measured around each call (synchronised on CUDA). ``--device cpu --preset tiny --length 64`` checks the script anywhere.
+inside the network, measured around each call (synchronised on CUDA). ``--torch-draw`` adds the
+ancestral runs again with each categorical drawn by PyTorch's float64 Gumbel-max
+(``reference.gumbel_argmax_ref``), the draw of MDM codebases: the cost profile behind the
+paper's ratio (memory: a few float64 copies of [masked positions, |V|]; use it at batch 1).
+``--device cpu --preset tiny --length 64`` checks the script anywhere.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from typing import Iterator
 
 import torch
 
-from mdm_ext import sample
+from mdm_ext import reference, sample
 from mdm_ext.models import Transformer, TransformerConfig
 
 
@@ -37,6 +43,20 @@ class TimedNetwork(torch.nn.Module):
         return logits
 
 
+@contextlib.contextmanager
+def torch_draws() -> Iterator[None]:
+    """The samplers' token draws done by PyTorch's float64 Gumbel-max for the duration."""
+    fast = sample.gumbel_argmax
+
+    def draw(scores, *, temperature=1.0, exclude=None, seed=None, offset=0, legacy_float32=False):
+        return reference.gumbel_argmax_ref(scores, temperature=temperature, exclude=exclude)
+    sample.gumbel_argmax = draw
+    try:
+        yield
+    finally:
+        sample.gumbel_argmax = fast
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
@@ -46,6 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--torch-draw", action="store_true", help="also time ancestral with torch's float64 draw")
     args = parser.parse_args()
     torch.manual_seed(0)
     config = TransformerConfig.preset(args.preset, vocab_size=args.vocab + 1, max_len=args.length)
@@ -62,11 +83,15 @@ def main() -> None:
     sample.ancestral(network, batch_size=max(args.batch), steps=4, **warm_up)
     for batch in args.batch:
         rows = []
-        for name, run in [("first_hitting", lambda: sample.first_hitting(network, batch_size=batch, **options))] + [
-                (f"ancestral N={n}", (lambda n: lambda: sample.ancestral(network, batch_size=batch, steps=n, **options))(n))
-                for n in args.steps]:
+        runs = [("first_hitting", lambda: sample.first_hitting(network, batch_size=batch, **options))]
+        runs += [(f"ancestral N={n}", (lambda n: lambda: sample.ancestral(network, batch_size=batch, steps=n, **options))(n))
+                 for n in args.steps]
+        if args.torch_draw:
+            runs += [(f"{name}, torch float64 draw", run) for name, run in runs[1:]]
+        for name, run in runs:
             network.seconds = 0.0
-            result = run()
+            with torch_draws() if name.endswith("torch float64 draw") else contextlib.nullcontext():
+                result = run()
             rows.append((name, result, network.seconds))
         fhs_seconds = rows[0][1].seconds
         for name, result, network_seconds in rows:
