@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "det_math.h"
 
@@ -94,5 +95,30 @@ MDM_HD double probability_scale(double max_prob) {
   if (exponent <= 0) return 1.0;
   return bits_to_double(uint64_t(1023 - (exponent < 1022 ? exponent : 1022)) << 52);
 }
+
+// The arguments every row's draw shares.
+struct SampleArgs {
+  int64_t kind;
+  double temperature;
+  int64_t exclude;  // -1: none
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// One row of scores with the excluded token masked out.
+template <typename scalar_t>
+struct RowScores {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const scalar_t* data;
+  int64_t vocab;
+  int64_t exclude;
+
+  // A logit, -inf when excluded.
+  MDM_HD acc_t logit(int64_t i) const {
+    return i == exclude ? -std::numeric_limits<acc_t>::infinity() : static_cast<acc_t>(data[i]);
+  }
+  // A probability, 0 when excluded.
+  MDM_HD double prob(int64_t i) const { return i == exclude ? 0.0 : static_cast<double>(data[i]); }
+};
 
 }  // namespace mdm_ext

@@ -16,14 +16,6 @@
 namespace mdm_ext {
 namespace {
 
-struct SampleArgs {
-  int64_t kind;
-  double temperature;
-  int64_t exclude;  // -1: none
-  uint64_t seed;
-  uint64_t offset;
-};
-
 // Host replay of the CUDA warp reduction: lane l sums tokens begin + l + kLanes * k in k order,
 // then lanes combine by xor butterfly. Tokens past `end` add 0, as idle CUDA lanes do.
 template <typename acc_t, typename Term>
@@ -46,22 +38,6 @@ acc_t canonical_block_sum(int64_t begin, int64_t end, const Term& term) {
   }
   return lane[0];
 }
-
-// One row of scores with the excluded token masked out.
-template <typename scalar_t>
-struct RowScores {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  const scalar_t* data;
-  int64_t vocab;
-  int64_t exclude;
-
-  // A logit, -inf when excluded.
-  acc_t logit(int64_t i) const {
-    return i == exclude ? -std::numeric_limits<acc_t>::infinity() : acc_t(data[i]);
-  }
-  // A probability, 0 when excluded.
-  double prob(int64_t i) const { return i == exclude ? 0.0 : double(data[i]); }
-};
 
 // Per-token random numbers (philox.h's token streams) of `count` <= kChunk consecutive tokens
 // from a multiple of kChunk, in loops the compiler vectorises; where the CPU has AVX2, an AVX2

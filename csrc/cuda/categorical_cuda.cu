@@ -24,30 +24,27 @@ constexpr int kWarps = kThreads / kWarpSize;
 static_assert(kLanes == kWarpSize, "a block's lanes are a warp's lanes");
 static_assert(kBlock == kThreads, "the final in-block draw gives each thread one token");
 
-struct SampleArgs {
-  int64_t kind;
-  double temperature;
-  int64_t exclude;
-  uint64_t seed;
-  uint64_t offset;
-};
-
-template <typename scalar_t>
-struct RowScores {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  const scalar_t* data;
-  int64_t vocab;
-  int64_t exclude;
-
-  __device__ acc_t logit(int64_t i) const {
-    return i == exclude ? -std::numeric_limits<acc_t>::infinity() : static_cast<acc_t>(data[i]);
-  }
-  __device__ double prob(int64_t i) const { return i == exclude ? 0.0 : static_cast<double>(data[i]); }
-};
-
 template <typename T>
 __device__ T warp_sum(T value) {
   return warp_reduce(value, [](T a, T b) { return add(a, b); });
+}
+
+// Loads logit block b into the lanes' registers (-inf past the row's end) and returns the
+// block's largest logit, reduced over the warp.
+template <typename scalar_t>
+__device__ typename RowScores<scalar_t>::acc_t load_block(const RowScores<scalar_t>& row, int64_t b,
+                                                          typename RowScores<scalar_t>::acc_t (&values)[kPerLane]) {
+  using acc_t = typename RowScores<scalar_t>::acc_t;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
+  acc_t max = -std::numeric_limits<acc_t>::infinity();
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int64_t i = begin + k * kLanes + lane;
+    values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
+    max = values[k] > max ? values[k] : max;
+  }
+  return warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
 }
 
 // One block's proposal, computed by a warp: log of the upper bound of its mass (logits) or of
@@ -60,14 +57,7 @@ __device__ double propose_block(const RowScores<scalar_t>& row, int64_t b, const
   const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
   if (args.kind == kLogits) {
     acc_t values[kPerLane];
-    acc_t max = -std::numeric_limits<acc_t>::infinity();
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int64_t i = begin + k * kLanes + lane;
-      values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
-      max = values[k] > max ? values[k] : max;
-    }
-    max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
+    const acc_t max = load_block(row, b, values);
     if (max == -std::numeric_limits<acc_t>::infinity()) return -kInf;
     const InverseTemperature<acc_t> inv_t = inverse_temperature<acc_t>(args.temperature);
     float sum = 0.0f;
@@ -97,14 +87,7 @@ __device__ double acceptance(const RowScores<scalar_t>& row, int64_t b, const Sa
   const int lane = threadIdx.x % kWarpSize;
   const int64_t begin = b * kBlock, end = min(row.vocab, begin + kBlock);
   acc_t values[kPerLane];
-  acc_t max = -std::numeric_limits<acc_t>::infinity();
-#pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int64_t i = begin + k * kLanes + lane;
-    values[k] = i < end ? row.logit(i) : -std::numeric_limits<acc_t>::infinity();
-    max = values[k] > max ? values[k] : max;
-  }
-  max = warp_reduce(max, [](acc_t a, acc_t c) { return a > c ? a : c; });
+  const acc_t max = load_block(row, b, values);
   const InverseTemperature<acc_t> inv_t_acc = inverse_temperature<acc_t>(args.temperature);
   const InverseTemperature<double> inv_t = inverse_temperature<double>(args.temperature);
   float bound = 0.0f;
