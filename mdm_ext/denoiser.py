@@ -10,6 +10,8 @@ callable or as arguments of :class:`Denoiser`:
 - ``accepts_positions``: the network takes ``positions=`` [B, K] and returns logits [B, K, V]
   at those positions only, so a first-hitting step pays the output head for the tokens it
   unmasks and nothing else. For other networks the rows are gathered after the full call.
+- ``num_ids``: the number of token ids the network takes as input (its embedding's size, the
+  mask included); samplers then reject a prefix or a mask id beyond it before calling it.
 
 Adapting an existing model is one small function, e.g. an MDLM-style network that takes the
 noise level sigma = -log(alpha_t)::
@@ -34,13 +36,15 @@ class Denoiser:
         network: ``f(x)`` or, with ``needs_time``, ``f(x, t)``; optionally takes ``positions=``.
         needs_time: pass each sequence's time; default: ``network.needs_time`` or False.
         accepts_positions: default: ``network.accepts_positions`` or False.
+        num_ids: default: ``network.num_ids`` or None (unknown).
     """
 
     def __init__(self, network: Callable[..., Tensor], *, needs_time: Optional[bool] = None,
-                 accepts_positions: Optional[bool] = None) -> None:
+                 accepts_positions: Optional[bool] = None, num_ids: Optional[int] = None) -> None:
         if isinstance(network, Denoiser):  # re-wrapping keeps the declared abilities
             needs_time = network.needs_time if needs_time is None else needs_time
             accepts_positions = network.accepts_positions if accepts_positions is None else accepts_positions
+            num_ids = network.num_ids if num_ids is None else num_ids
             network = network.network
         if not callable(network):
             raise TypeError(f"network must be callable, got {type(network).__name__}")
@@ -48,6 +52,7 @@ class Denoiser:
         self.needs_time = bool(getattr(network, "needs_time", False) if needs_time is None else needs_time)
         self.accepts_positions = bool(
             getattr(network, "accepts_positions", False) if accepts_positions is None else accepts_positions)
+        self.num_ids: Optional[int] = getattr(network, "num_ids", None) if num_ids is None else int(num_ids)
 
     def __call__(self, x: Tensor, *, t: Optional[Tensor] = None,
                  positions: Optional[Tensor] = None) -> Tensor:

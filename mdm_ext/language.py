@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import check_tokens
+
 # Rows of P^d that match the stationary distribution to this relative precision are treated as
 # equal to it: the remaining error is far below what float64 conditionals are compared at.
 MIXED_RTOL = 1e-12
@@ -23,27 +25,6 @@ MIXED_RTOL = 1e-12
 KEEP_ALL_ROWS_MAX_VOCAB = 1024
 STATIONARY_TOL = 1e-15
 STATIONARY_MAX_ITERS = 100_000
-
-
-def check_tokens(x: Tensor, name: str, *, num_ids: int | None = None) -> Tensor:
-    """``x`` as int64, after checking it is a [B, L] integer tensor, L >= 1, of ids in [0, num_ids).
-
-    Raises TypeError for a non-tensor or non-integer dtype, ValueError for a wrong shape or an id
-    out of range; the message names ``name``.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
-    if x.dim() != 2 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be 2-D with a non-empty last dim, got {tuple(x.shape)}")
-    if num_ids is not None and x.numel() > 0:
-        low, high = int(x.min()), int(x.max())
-        if low < 0 or high >= num_ids:
-            raise ValueError(
-                f"{name} must hold ids in [0, {num_ids}), got values in [{low}, {high}]"
-            )
-    return x.long()
 
 
 def _stationary_distribution(transition: Tensor) -> Tensor:
@@ -256,6 +237,11 @@ class MarkovLanguage:
     def logits_width(self) -> int:
         """K + 1: real tokens and the mask token, the width of the denoiser's output."""
         return self.vocab_size + 1
+
+    @property
+    def num_ids(self) -> int:
+        """K + 1: the token ids the oracle takes, the mask included."""
+        return self.logits_width
 
     @property
     def entropy_rate(self) -> float:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import ops, schedules
 from .denoiser import Denoiser
-from .language import check_tokens
+from .checks import check_tokens, integer
 
 OBJECTIVES = ("time_agnostic", "continuous")
 # "token": NELBO / L, nats per token, comparable with an autoregressive model's cross-entropy;
@@ -74,7 +74,11 @@ def masked_diffusion_loss(
     """
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-    x0 = check_tokens(x0, "x0")
+    denoiser = Denoiser(denoiser)
+    mask_id = integer("mask_id", mask_id, minimum=0)
+    if denoiser.num_ids is not None and mask_id >= denoiser.num_ids:
+        raise ValueError(f"mask_id = {mask_id} is not an id the network takes (it takes {denoiser.num_ids} ids)")
+    x0 = check_tokens(x0, "x0", num_ids=denoiser.num_ids)
     if x0.shape[0] == 0:
         raise ValueError("x0 must hold at least one sequence, got shape (0, L)")
     if bool(((x0 < 0) | (x0 == mask_id)).any()):
@@ -86,7 +90,6 @@ def masked_diffusion_loss(
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     schedules.schedule_id(schedule)
-    denoiser = Denoiser(denoiser)
     batch, length = x0.shape
     device = x0.device
 

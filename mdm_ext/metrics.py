@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .language import MarkovLanguage, check_tokens
+from .checks import check_tokens
+from .language import MarkovLanguage
 
 
 def gen_nll(x: Tensor, language: MarkovLanguage) -> Tensor:

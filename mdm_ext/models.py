@@ -144,6 +144,11 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def num_ids(self) -> int:
+        """The token ids it takes, the mask included (samplers check their inputs against it)."""
+        return self.config.vocab_size
+
     def num_parameters(self) -> int:
         """Number of trainable scalars, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())

@@ -19,6 +19,7 @@ logits do).
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import ops
+from . import checks, ops
 from .denoiser import Denoiser
 from .ops import categorical, gumbel_argmax
 from .schedules import alpha, schedule_id
@@ -70,19 +71,20 @@ class _Sampling:
     def __init__(self, denoiser: Callable[..., Tensor], *, mask_id: int, temperature: float,
                  top_p: Optional[float], top_k: Optional[int], seed: Optional[int],
                  legacy_float32: bool, progress: bool, device: Optional[Union[str, torch.device]]):
+        temperature = checks.real("temperature", temperature)
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
+        if top_p is not None and not 0 < checks.real("top_p", top_p) <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an int >= 1, got {top_k}")
-        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
-            raise ValueError(f"mask_id must be an int >= 0, got {mask_id}")
         self.denoiser = Denoiser(denoiser)
-        self.mask_id = mask_id
-        self.temperature = float(temperature)
-        self.top_p, self.top_k = top_p, top_k
-        self.seed = ops.draw_seed() if seed is None else int(seed)
+        self.mask_id = checks.integer("mask_id", mask_id, minimum=0)
+        vocab = self.denoiser.num_ids
+        if vocab is not None and self.mask_id >= vocab:
+            raise ValueError(f"mask_id = {self.mask_id} is not an id the network takes (it takes {vocab} ids)")
+        self.temperature = temperature
+        self.top_p = None if top_p is None else float(top_p)
+        self.top_k = None if top_k is None else checks.integer("top_k", top_k, minimum=1)
+        self.seed = ops.draw_seed() if seed is None else checks.integer("seed", seed)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2^63), got {seed}")
         self.legacy_float32 = bool(legacy_float32)
@@ -108,9 +110,8 @@ class _Sampling:
     def initial_tokens(self, batch_size: int, length: int, prefix: Optional[Tensor]) -> Tensor:
         """[B, L]: ``prefix`` ([P] or [B, P], P <= L; its mask_id entries stay masked, for
         infilling) followed by masks."""
-        for name, value in (("batch_size", batch_size), ("length", length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value}")
+        batch_size = checks.integer("batch_size", batch_size, minimum=1)
+        length = checks.integer("length", length, minimum=1)
         x = torch.full((batch_size, length), self.mask_id, dtype=torch.long, device=self.device)
         if prefix is None:
             return x
@@ -120,8 +121,11 @@ class _Sampling:
             raise ValueError(f"prefix must have shape [P] or [B = {batch_size}, P], got {tuple(prefix.shape)}")
         if prefix.shape[-1] > length:
             raise ValueError(f"prefix has {prefix.shape[-1]} positions, more than length = {length}")
-        if prefix.numel() and int(prefix.min()) < 0:
-            raise ValueError("prefix must hold token ids >= 0")
+        if prefix.numel():
+            low, high = int(prefix.min()), int(prefix.max())
+            vocab = self.denoiser.num_ids
+            if low < 0 or (vocab is not None and high >= vocab):
+                raise ValueError(f"prefix must hold token ids in [0, {vocab or 'V'}), got values in [{low}, {high}]")
         x[:, : prefix.shape[-1]] = prefix.to(self.device)
         self.unchecked_max = x.max()
         return x
@@ -175,8 +179,14 @@ class _Sampling:
         if self.temperature == 0:
             top = scores.argmax(-1, keepdim=True)
             return torch.full_like(scores, -math.inf).scatter_(-1, top, 0.0)
-        scores = _filter_top(scores / self.temperature, self.top_k, self.top_p)
-        return scores.log_softmax(-1)
+        # relative to the row maximum, so that no temperature, however small, overflows to +inf;
+        # one below the dtype's normal range is applied in float64 (in the dtype it rounds to 0)
+        gaps = scores - scores.amax(-1, keepdim=True)
+        if self.temperature < torch.finfo(gaps.dtype).tiny:
+            scores = (gaps.double() / self.temperature).to(gaps.dtype)
+        else:
+            scores = gaps / self.temperature
+        return _filter_top(scores, self.top_k, self.top_p).log_softmax(-1)
 
     def choose(self, x: Tensor, k: Union[int, Tensor]) -> Tensor:
         """Up to k masked positions per row, uniformly: bool [B, L]."""
@@ -229,8 +239,7 @@ def ancestral(
     their logits). Time-conditioned networks are called every step.
     Returns tokens [batch_size, length].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps}")
+    steps = checks.integer("steps", steps, minimum=1)
     schedule_id(schedule)
     run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
@@ -271,14 +280,12 @@ def ancestral(
 def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], int]:
     """Step index -> number of tokens to unmask, from an int or a sequence of counts; asked
     only while tokens are masked, so a sequence that runs out has not covered them."""
-    if isinstance(tokens_per_step, int) and not isinstance(tokens_per_step, bool):
-        if tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
-        return lambda step: tokens_per_step
-    counts = [int(k) for k in tokens_per_step]
-    if not counts or min(counts) < 1:
-        raise ValueError(f"tokens_per_step must be an int >= 1 or a non-empty sequence of ints >= 1, "
-                         f"got {tokens_per_step}")
+    if not isinstance(tokens_per_step, (Sequence, Tensor)) or isinstance(tokens_per_step, str):
+        count = checks.integer("tokens_per_step", tokens_per_step, minimum=1)
+        return lambda step: count
+    counts = [checks.integer("tokens_per_step entries", k, minimum=1) for k in tokens_per_step]
+    if not counts:
+        raise ValueError("tokens_per_step must be an int >= 1 or a non-empty sequence of ints >= 1")
 
     def count_of(step: int) -> int:
         if step >= len(counts):
@@ -368,8 +375,10 @@ def first_hitting(
     its device work without reading anything back but the token draw's error check.
     Returns tokens [batch_size, length].
     """
-    if order not in (1, 2, "pc"):
+    if order != "pc" and (isinstance(order, (bool, str)) or not hasattr(order, "__index__")
+                          or operator.index(order) not in (1, 2)):
         raise ValueError(f"order must be 1, 2 or 'pc', got {order!r}")
+    order = order if order == "pc" else operator.index(order)
     schedule_id(schedule)
     count_of = _step_counts(tokens_per_step)
     run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -475,11 +484,11 @@ def confidence(
     """
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
-    block_length = length if block_length is None else block_length
-    if isinstance(block_length, bool) or not isinstance(block_length, int) or not 1 <= block_length:
-        raise ValueError(f"block_length must be an int >= 1, got {block_length}")
+    length = checks.integer("length", length, minimum=1)
+    block_length = checks.integer("block_length", length if block_length is None else block_length, minimum=1)
     n_blocks = -(-length // block_length)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < n_blocks:
+    steps = checks.integer("steps", steps)
+    if steps < n_blocks:
         raise ValueError(f"steps must be an int >= the number of blocks ({n_blocks}), got {steps}")
     run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)

@@ -254,6 +254,10 @@ def _with_mask(x0: Tensor) -> Tensor:
     (dict(normalize="batch"), ValueError, "normalize"),
     (dict(reduction="sum"), ValueError, "reduction"),
     (dict(denoiser=lambda x: torch.zeros(*x.shape, VOCAB + 1), mask_id=VOCAB + 1), ValueError, "mask_id"),
+    (dict(mask_id=-1), ValueError, "mask_id"),
+    (dict(mask_id=float(MASK_ID)), TypeError, "mask_id"),
+    (dict(mask_id=MASK_ID + 1), ValueError, "mask_id"),  # beyond the ids the network takes
+    (dict(x0=clean_batch() + MASK_ID + 1), ValueError, "x0"),  # ids the network does not take
 ])
 def test_bad_arguments_are_named(change, error, name):
     arguments = dict(denoiser=tiny_network(), x0=clean_batch(), mask_id=MASK_ID) | change

@@ -3,6 +3,7 @@ autoregressive sampler's law, bad input. Exactness in distribution: test_sample_
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -40,6 +41,7 @@ SAMPLERS = {
     "pc": lambda d, **kw: sample.first_hitting(d, tokens_per_step=3, order="pc", **kw),
     "ancestral": lambda d, **kw: sample.ancestral(d, steps=40, **kw),
     "ancestral_uncached": lambda d, **kw: sample.ancestral(d, steps=40, cache=False, **kw),
+    "ancestral_linear": lambda d, **kw: sample.ancestral(d, steps=40, schedule="linear", **kw),
     "confidence": lambda d, **kw: sample.confidence(d, steps=6, block_length=4, **kw),
     "confidence_random": lambda d, **kw: sample.confidence(d, steps=10, remasking="random", **kw),
 }
@@ -266,7 +268,16 @@ BAD = {
     "prefix_rows": (ValueError, "prefix", dict(prefix=torch.ones(5, 2, dtype=torch.long))),
     "prefix_id": (ValueError, "id", dict(prefix=torch.tensor([40]))),
     "order": (ValueError, "order", dict(order=3)),
+    "order_bool": (ValueError, "order", dict(order=True)),
+    "order_float": (ValueError, "order", dict(order=2.0)),
     "tokens_per_step": (ValueError, "tokens_per_step", dict(tokens_per_step=0)),
+    "tokens_per_step_float": (TypeError, "tokens_per_step", dict(tokens_per_step=2.5)),
+    "tokens_per_step_entries": (TypeError, "tokens_per_step", dict(tokens_per_step=[1.7, 2.2])),
+    "tokens_per_step_str": (TypeError, "tokens_per_step", dict(tokens_per_step="3")),
+    "seed_float": (TypeError, "seed", dict(seed=1.5)),
+    "temperature_none": (TypeError, "temperature", dict(temperature=None)),
+    "top_k_float": (TypeError, "top_k", dict(top_k=2.0)),
+    "batch_size_float": (TypeError, "batch_size", dict(batch_size=2.0)),
 }
 
 
@@ -276,6 +287,37 @@ def test_bad_input_is_named(name):
     options = {**dict(batch_size=2, length=8, mask_id=MASK, seed=0), **overrides}
     with pytest.raises(error, match=pattern):
         sample.first_hitting(LANGUAGE, **options)
+
+
+def test_numpy_and_tensor_integers_are_integers():
+    counts = dict(batch_size=np.int64(2), length=torch.tensor(6), mask_id=np.int32(MASK), seed=np.uint8(1))
+    first = sample.first_hitting(LANGUAGE, tokens_per_step=np.int64(2), order=np.int64(2), **counts)
+    assert first.tokens.shape == (2, 6) and first.nfe == 3
+    assert sample.ancestral(LANGUAGE, steps=np.int64(5), **counts).tokens.shape == (2, 6)
+
+
+def test_a_network_that_declares_its_ids_is_checked_before_it_runs():
+    network = Transformer(TransformerConfig.preset("tiny", vocab_size=MASK + 1, max_len=16))
+    with pytest.raises(ValueError, match=r"prefix must hold token ids in \[0, 13\)"):
+        sample.first_hitting(network, batch_size=1, length=8, mask_id=MASK, prefix=torch.tensor([40]))
+    with pytest.raises(ValueError, match="mask_id = 50 is not an id the network takes"):
+        sample.first_hitting(network, batch_size=1, length=8, mask_id=50)
+
+
+@pytest.mark.parametrize("name", ["ancestral", "pc", "confidence"])
+def test_tiny_temperatures_are_greedy_without_overflow(name):
+    """Scores are taken relative to the row maximum before dividing by the temperature, so
+    1e-300 puts all the mass on the argmax, as temperature 0 does, and top_k changes nothing."""
+    runs = [SAMPLERS[name](LANGUAGE, batch_size=3, length=9, mask_id=MASK, seed=4, temperature=temperature,
+                           top_k=top_k) for temperature, top_k in ((0.0, None), (1e-300, None), (1e-300, 3))]
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and torch.equal(runs[0].tokens, runs[2].tokens)
+
+
+def test_progress_bar_reports_on_request(capsys):
+    sample.first_hitting(LANGUAGE, batch_size=2, length=6, mask_id=MASK, seed=0)
+    assert capsys.readouterr().err == ""
+    sample.first_hitting(LANGUAGE, batch_size=2, length=6, mask_id=MASK, seed=0, progress=True)
+    assert "0/12 [" in capsys.readouterr().err  # a bar over the 12 masked tokens
 
 
 def test_bad_steps_and_shapes():
