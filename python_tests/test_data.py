@@ -31,6 +31,28 @@ def test_write_tokens_picks_dtype_and_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+class WordTokenizer:
+    """A user's tokenizer: whole words, the mask last."""
+
+    def __init__(self, words: list[str]):
+        self.words = words
+        self.vocab_size = len(words) + 1
+        self.mask_id = len(words)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.words.index(word) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[int(i)] for i in ids)
+
+
+def test_from_text_takes_a_users_tokenizer(tmp_path):
+    tokenizer = WordTokenizer(["the", "cat", "sat"])
+    assert isinstance(tokenizer, Tokenizer)
+    dataset = TokenDataset.from_text("the cat sat the cat", tokenizer, tmp_path / "words.bin")
+    assert dataset.vocab_size == 3 and tokenizer.decode(dataset.tokens) == "the cat sat the cat"
+
+
 def test_from_text(tmp_path):
     text = "hello, tokens " * 4
     dataset = TokenDataset.from_text(text, ByteTokenizer(), tmp_path / "text.bin")

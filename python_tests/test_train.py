@@ -201,6 +201,25 @@ def test_command_line_trains_and_saves(tmp_path, source):
     assert model(x).shape == (2, 16, vocab_size + 1)
 
 
+def test_gradients_are_clipped_to_grad_clip(data, tmp_path, monkeypatch):
+    """Each step clips the global gradient norm to grad_clip (0: no clipping)."""
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = []  # (norm before, max_norm, norm after)
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        total = real_clip(parameters, max_norm, *args, **kwargs)
+        calls.append((float(total), max_norm, float(torch.nn.utils.get_total_norm([p.grad for p in parameters]))))
+        return total
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    train(tiny_config(steps=2, grad_clip=1e-3, out=str(tmp_path / "clipped")), data["train"])
+    assert [max_norm for _, max_norm, _ in calls] == [1e-3, 1e-3]
+    assert all(before > 1e-3 and after <= 1e-3 * (1 + 1e-5) for before, _, after in calls)
+    calls.clear()
+    train(tiny_config(steps=2, grad_clip=0.0, out=str(tmp_path / "unclipped")), data["train"])
+    assert calls == []
+
+
 def test_learning_rate_warms_up_then_decays():
     config = TrainConfig(steps=100, warmup=10, min_lr_ratio=0.1)
     assert lr_factor(0, config) == pytest.approx(0.1) and lr_factor(9, config) == pytest.approx(1.0)
