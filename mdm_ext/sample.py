@@ -172,20 +172,21 @@ class _Sampling:
         """Normalised log-probabilities [..., V] (float32 or float64) of the token distribution
         the sampler draws from: the mask column removed, temperature and filters applied;
         temperature 0 puts all mass on the argmax."""
-        scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        # one working copy, changed in place from here on
+        scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits.clone()
         exclude = self._exclude(scores.shape[-1])
         if exclude is not None:
-            scores = scores.index_fill(-1, torch.tensor([exclude], device=scores.device), -math.inf)
+            scores[..., exclude] = -math.inf
         if self.temperature == 0:
             top = scores.argmax(-1, keepdim=True)
-            return torch.full_like(scores, -math.inf).scatter_(-1, top, 0.0)
+            return scores.fill_(-math.inf).scatter_(-1, top, 0.0)
         # relative to the row maximum, so that no temperature, however small, overflows to +inf;
         # one below the dtype's normal range is applied in float64 (in the dtype it rounds to 0)
-        gaps = scores - scores.amax(-1, keepdim=True)
-        if self.temperature < torch.finfo(gaps.dtype).tiny:
-            scores = (gaps.double() / self.temperature).to(gaps.dtype)
-        else:
-            scores = gaps / self.temperature
+        scores.sub_(scores.amax(-1, keepdim=True))
+        if self.temperature < torch.finfo(scores.dtype).tiny:
+            scores = (scores.double() / self.temperature).to(scores.dtype)
+        elif self.temperature != 1:
+            scores.div_(self.temperature)
         return _filter_top(scores, self.top_k, self.top_p).log_softmax(-1)
 
     def choose(self, x: Tensor, k: Union[int, Tensor]) -> Tensor:
