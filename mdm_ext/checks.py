@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 
-def integer(name: str, value: object, *, minimum: Optional[int] = None) -> int:
+def integer(name: str, value: object, *, minimum: int | None = None) -> int:
     """``value`` as an int: any integer (Python, numpy, a one-element integer tensor), never a
     bool or a float. TypeError otherwise; ValueError below ``minimum``."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
             raise TypeError
         number = operator.index(value)
     except TypeError:
@@ -24,10 +23,21 @@ def integer(name: str, value: object, *, minimum: Optional[int] = None) -> int:
 
 
 def real(name: str, value: object) -> float:
-    """``value`` as a float: any real number but a bool; TypeError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """``value`` as a float: any real number (a one-element real tensor too) but a bool;
+    TypeError otherwise."""
+    real_tensor = (isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool
+                   and not value.dtype.is_complex)
+    if not real_tensor and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
+
+
+def mask_id(value: object, num_ids: int | None) -> int:
+    """The mask id as an int >= 0, below ``num_ids`` (the ids the network takes) when known."""
+    number = integer("mask_id", value, minimum=0)
+    if num_ids is not None and number >= num_ids:
+        raise ValueError(f"mask_id = {number} is not an id the network takes (it takes {num_ids} ids)")
+    return number
 
 
 def check_tokens(x: Tensor, name: str, *, num_ids: int | None = None) -> Tensor:

@@ -8,6 +8,11 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+# mkstemp creates files readable by their owner only; the written file gets the mode a plain
+# open() would give it (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Calls ``write`` on a temporary file beside ``path``, flushes it to disk and renames it
@@ -17,6 +22,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()

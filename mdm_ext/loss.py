@@ -23,7 +23,8 @@ from torch import Tensor
 
 from . import ops, schedules
 from .denoiser import Denoiser
-from .checks import check_tokens, integer
+from . import checks
+from .checks import check_tokens
 
 OBJECTIVES = ("time_agnostic", "continuous")
 # "token": NELBO / L, nats per token, comparable with an autoregressive model's cross-entropy;
@@ -75,9 +76,7 @@ def masked_diffusion_loss(
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
     denoiser = Denoiser(denoiser)
-    mask_id = integer("mask_id", mask_id, minimum=0)
-    if denoiser.num_ids is not None and mask_id >= denoiser.num_ids:
-        raise ValueError(f"mask_id = {mask_id} is not an id the network takes (it takes {denoiser.num_ids} ids)")
+    mask_id = checks.mask_id(mask_id, denoiser.num_ids)
     x0 = check_tokens(x0, "x0", num_ids=denoiser.num_ids)
     if x0.shape[0] == 0:
         raise ValueError("x0 must hold at least one sequence, got shape (0, L)")

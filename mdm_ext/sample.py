@@ -42,7 +42,8 @@ __all__ = [
 @dataclass
 class SampleResult:
     """tokens: [B, L] int64, fully unmasked. nfe: denoiser calls (a call on a batch counts
-    once). categorical_draws: rows of the vocabulary sampled. seconds: wall time."""
+    once). categorical_draws: rows of the vocabulary sampled (with the padding slots of a
+    first-hitting step whose rows unmask different counts). seconds: wall time."""
     tokens: Tensor
     nfe: int
     categorical_draws: int
@@ -74,15 +75,12 @@ class _Sampling:
         temperature = checks.real("temperature", temperature)
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if top_p is not None and not 0 < checks.real("top_p", top_p) <= 1:
+        self.top_p = None if top_p is None else checks.real("top_p", top_p)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.denoiser = Denoiser(denoiser)
-        self.mask_id = checks.integer("mask_id", mask_id, minimum=0)
-        vocab = self.denoiser.num_ids
-        if vocab is not None and self.mask_id >= vocab:
-            raise ValueError(f"mask_id = {self.mask_id} is not an id the network takes (it takes {vocab} ids)")
+        self.mask_id = checks.mask_id(mask_id, self.denoiser.num_ids)
         self.temperature = temperature
-        self.top_p = None if top_p is None else float(top_p)
         self.top_k = None if top_k is None else checks.integer("top_k", top_k, minimum=1)
         self.seed = ops.draw_seed() if seed is None else checks.integer("seed", seed)
         if not 0 <= self.seed < 2**63:
@@ -91,7 +89,7 @@ class _Sampling:
         self.progress = progress
         self.device = torch.device(device) if device is not None else self._network_device()
         self.calls = 0  # Philox offset: one per random kernel call
-        self.unchecked_max: Optional[Tensor] = None  # the initial tokens' largest id, until checked
+        self.unchecked_max: Optional[Tensor] = None  # the prefix's largest token id, until checked
         self.nfe = 0
         self.categorical_draws = 0
         self.start = time.perf_counter()
@@ -127,7 +125,7 @@ class _Sampling:
             if low < 0 or (vocab is not None and high >= vocab):
                 raise ValueError(f"prefix must hold token ids in [0, {vocab or 'V'}), got values in [{low}, {high}]")
         x[:, : prefix.shape[-1]] = prefix.to(self.device)
-        self.unchecked_max = x.max()
+        self.unchecked_max = x.masked_fill(x == self.mask_id, -1).max()
         return x
 
     def evaluate(self, x: Tensor, *, t: Optional[Tensor] = None,
@@ -138,7 +136,7 @@ class _Sampling:
         logits = self.denoiser(x, t=t, positions=positions)
         if self.unchecked_max is not None:
             largest, self.unchecked_max = int(self.unchecked_max), None
-            if largest >= max(logits.shape[-1], self.mask_id + 1):
+            if largest >= logits.shape[-1]:
                 raise ValueError(f"prefix holds id {largest}, beyond the denoiser's {logits.shape[-1]} logits")
         return logits
 
@@ -281,10 +279,16 @@ def ancestral(
 def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], int]:
     """Step index -> number of tokens to unmask, from an int or a sequence of counts; asked
     only while tokens are masked, so a sequence that runs out has not covered them."""
-    if not isinstance(tokens_per_step, (Sequence, Tensor)) or isinstance(tokens_per_step, str):
+    try:
         count = checks.integer("tokens_per_step", tokens_per_step, minimum=1)
         return lambda step: count
-    counts = [checks.integer("tokens_per_step entries", k, minimum=1) for k in tokens_per_step]
+    except TypeError:  # not one integer: a sequence of them (list, array, tensor, iterator)
+        try:
+            entries = list(tokens_per_step)
+        except TypeError:
+            raise TypeError(f"tokens_per_step must be an int or a sequence of ints, "
+                            f"got {type(tokens_per_step).__name__}") from None
+    counts = [checks.integer("tokens_per_step entries", k, minimum=1) for k in entries]
     if not counts:
         raise ValueError("tokens_per_step must be an int >= 1 or a non-empty sequence of ints >= 1")
 
@@ -309,10 +313,37 @@ def _rows(tensor: Tensor, rows: Optional[Tensor]) -> Tensor:
     return tensor if rows is None else tensor.index_select(0, rows)
 
 
+def _index(rows: list[int], device: torch.device) -> Tensor:
+    """Row indices on ``device``, copied without making the host wait (pinned on CUDA)."""
+    index = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda":
+        index = index.pin_memory()
+    return index.to(device, non_blocking=True)
+
+
 def _chosen_positions(chosen: Tensor, width: int) -> Tensor:
     """chosen: bool [b, L], at most ``width`` per row -> positions [b, width]: the chosen ones
     first, in increasing order, then unchosen ones (padding of rows with fewer)."""
     return chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+
+
+def _halves_layout(positions: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """For a predictor-corrector step whose rows unmask different counts c: positions [b, w]
+    (each row's c chosen ones first) re-laid so that a row's first ceil(c / 2) fill slots
+    [0, h) and its other floor(c / 2) slots [h, w), h = ceil(w / 2), padding (distinct unchosen
+    positions) elsewhere; the halves are then column slices for every row. counts: [b, 1].
+    Returns the positions and valid: bool [b, w]."""
+    width = positions.shape[1]
+    half = (width + 1) // 2
+    slot = torch.arange(width, device=positions.device)
+    first_count, second_count = (counts + 1) // 2, counts // 2
+    in_first = slot < half
+    valid = torch.where(in_first, slot < first_count, slot - half < second_count)
+    # chosen sources in order, then the unchosen ones from index c, each used once
+    source = torch.where(in_first, torch.where(slot < first_count, slot, counts + slot - first_count),
+                         torch.where(slot - half < second_count, first_count + slot - half,
+                                     counts + half - first_count + slot - half - second_count))
+    return positions.gather(1, source), valid
 
 
 def _fill(x: Tensor, active: Optional[Tensor], positions: Tensor, valid: Optional[Tensor], tokens: Tensor) -> None:
@@ -369,9 +400,10 @@ def first_hitting(
     order: 1; 2 extrapolates each position's log-probabilities linearly from the previous
         call's output to the middle of the step (no extra calls: each call also evaluates the
         next step's positions, which are chosen one step ahead); "pc" is a predictor-corrector
-        step: the first ceil(k / 2) of a step's positions are drawn from the current output,
-        the network is called again, and the others are drawn from max(2 p_mid - p_now, 0)
-        (one extra call per step with k >= 2; the trapezoidal rule at the step's midpoint).
+        step: the first ceil(c / 2) of the c positions a sequence unmasks in the step are drawn
+        from the current output, the network is called again, and the others are drawn from
+        max(2 p_mid - p_now, 0) (one extra call per step with k >= 2; the trapezoidal rule
+        at the step's midpoint).
     Every count and shape follows on the host from the initial masked counts, so a step queues
     its device work without reading anything back but the token draw's error check.
     Returns tokens [batch_size, length].
@@ -402,13 +434,17 @@ def first_hitting(
             width = max(take)
             if tuple(n > 0 for n in take) != active_rows:
                 active_rows = tuple(n > 0 for n in take)
-                active = None if all(active_rows) else torch.tensor(
-                    [i for i, a in enumerate(active_rows) if a]).to(x.device, non_blocking=True)
+                active = None if all(active_rows) else _index(
+                    [i for i, a in enumerate(active_rows) if a], x.device)
             chosen = upcoming if upcoming is not None else run.choose(x, k)
             positions = _chosen_positions(_rows(chosen, active), width)
             valid = None  # every slot holds a chosen position unless the rows' counts differ
             if min(n for n in take if n) < width:
-                valid = torch.arange(width, device=x.device) < _rows(chosen, active).sum(1, keepdim=True)
+                counts = _rows(chosen, active).sum(1, keepdim=True)
+                if order == "pc":
+                    positions, valid = _halves_layout(positions, counts)
+                else:
+                    valid = torch.arange(width, device=x.device) < counts
             remaining = [n - c for n, c in zip(remaining, take)]
             query = positions
             if order == 2:
@@ -418,16 +454,16 @@ def first_hitting(
                     upcoming = run.choose(x.masked_fill(chosen, -1), next_k)  # this step's positions excluded
                     ahead = _chosen_positions(_rows(upcoming, active), max(min(next_k, n) for n in remaining))
                     query = torch.cat([positions, ahead], dim=1)
-            time = None
+            times = None
             if timed:
                 n_masked = (x == mask_id).sum(1)
                 t_first = run.first_hit(t, n_masked, schedule)
-                time = _rows(t_first, active)
+                times = _rows(t_first, active)
                 for _ in range(1, k):  # the step's remaining unmask times; the last one stays
                     n_masked = (n_masked - 1).clamp(min=0)
                     t_first = run.first_hit(t_first, n_masked, schedule)
                 t = t_first  # rows without masks keep their time
-            logits = run.evaluate(_rows(x, active), t=time, positions=query)
+            logits = run.evaluate(_rows(x, active), t=times, positions=query)
             now = logits[:, :width]
             if order == 2:
                 scores = now
@@ -441,7 +477,7 @@ def first_hitting(
                         (batch_size, *ahead_log_probs.shape[1:])).index_copy_(0, active, ahead_log_probs)
                     previous_count = k
             elif order == "pc" and width >= 2:
-                _predict_correct(run, x, active, positions, valid, now, time)
+                _predict_correct(run, x, active, positions, valid, now, times)
             else:
                 _fill(x, active, positions, valid, run.draw(now))
             bar.update(sum(take))
@@ -450,13 +486,13 @@ def first_hitting(
 
 
 def _predict_correct(run: _Sampling, x: Tensor, active: Optional[Tensor], positions: Tensor,
-                     valid: Optional[Tensor], now: Tensor, time: Optional[Tensor]) -> None:
-    """One predictor-corrector step (see :func:`first_hitting`) on w >= 2 positions, in place
-    on x: the first ceil(w / 2) drawn from the current output ``now`` [b, w, V], the rest from
-    the corrected one after a call at them."""
+                     valid: Optional[Tensor], now: Tensor, times: Optional[Tensor]) -> None:
+    """One predictor-corrector step (see :func:`first_hitting`) on w >= 2 slots, in place on x:
+    slots [0, ceil(w / 2)) drawn from the current output ``now`` [b, w, V], the others from the
+    corrected one after a call at them (rows with fewer tokens: :func:`_halves_layout`)."""
     half = (positions.shape[1] + 1) // 2
     _fill(x, active, positions[:, :half], None if valid is None else valid[:, :half], run.draw(now[:, :half]))
-    mid = run.evaluate(_rows(x, active), t=time, positions=positions[:, half:])
+    mid = run.evaluate(_rows(x, active), t=times, positions=positions[:, half:])
     p_now = run.log_probs(now[:, half:]).double().exp()
     p_mid = run.log_probs(mid).double().exp()
     corrected = (2 * p_mid - p_now).clamp(min=0)
@@ -540,6 +576,7 @@ def autoregressive(
     ``accepts_positions`` pays its output head at the last position only.
     Returns tokens [batch_size, length], without the BOS token.
     """
+    checks.integer("bos_id", bos_id, minimum=0)
     run = _Sampling(model, mask_id=bos_id, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, legacy_float32=legacy_float32, progress=progress, device=device)
     template = run.initial_tokens(batch_size, length, prefix)

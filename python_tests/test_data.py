@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,13 @@ def test_byte_tokenizer_skips_mask_and_replaces_broken_bytes():
     assert (tokenizer.vocab_size, tokenizer.mask_id) == (257, 256)
     assert tokenizer.decode([104, 256, 105, 300, -1]) == "hi"
     assert tokenizer.decode(tokenizer.encode("é")[:1]) == "\ufffd"
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_tokens(tmp_path / "ids.bin", [1, 2, 3])
+    assert (tmp_path / "ids.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_write_tokens_picks_dtype_and_round_trips(tmp_path):

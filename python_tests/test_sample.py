@@ -149,6 +149,25 @@ def test_host_read_count_catches_a_per_step_read():
     assert host_reads(run, 40) > host_reads(run, 8) + 32
 
 
+def test_predictor_corrector_splits_each_row_in_halves():
+    """Rows unmasking 4 and 2 tokens in a step: the corrector call sees 2 and 1 of them left."""
+    recorder = Recorder()
+    template = torch.tensor([[MASK] * 6, [1, 2, 3, 4, MASK, MASK]])
+    sample.first_hitting(recorder, batch_size=2, length=6, mask_id=MASK, prefix=template, tokens_per_step=4,
+                         order="pc", seed=0)
+    assert [counts.tolist() for counts in recorder.masked_counts] == [[6, 2], [4, 1], [2], [1]]
+
+
+def test_halves_layout_keeps_every_chosen_position_once():
+    positions = torch.tensor([[3, 1, 4, 0, 2], [4, 2, 0, 1, 3], [0, 1, 2, 3, 4]])  # chosen first
+    counts = torch.tensor([[5], [3], [1]])
+    laid, valid = sample._halves_layout(positions, counts)
+    assert valid.tolist() == [[True] * 5, [True, True, False, True, False], [True, False, False, False, False]]
+    for row, count in zip(range(3), counts[:, 0].tolist()):
+        assert sorted(laid[row].tolist()) == sorted(positions[row].tolist())  # a permutation: padding distinct
+        assert sorted(laid[row][valid[row]].tolist()) == sorted(positions[row, :count].tolist())
+
+
 def test_count_schedule_must_cover_the_masks():
     with pytest.raises(ValueError, match="tokens_per_step covers 2 steps"):
         sample.first_hitting(LANGUAGE, batch_size=1, length=10, mask_id=MASK, tokens_per_step=[4, 5], seed=0)
@@ -274,6 +293,7 @@ BAD = {
     "tokens_per_step_float": (TypeError, "tokens_per_step", dict(tokens_per_step=2.5)),
     "tokens_per_step_entries": (TypeError, "tokens_per_step", dict(tokens_per_step=[1.7, 2.2])),
     "tokens_per_step_str": (TypeError, "tokens_per_step", dict(tokens_per_step="3")),
+    "tokens_per_step_bool_tensor": (TypeError, "tokens_per_step", dict(tokens_per_step=torch.tensor(True))),
     "seed_float": (TypeError, "seed", dict(seed=1.5)),
     "temperature_none": (TypeError, "temperature", dict(temperature=None)),
     "top_k_float": (TypeError, "top_k", dict(top_k=2.0)),
@@ -293,6 +313,9 @@ def test_numpy_and_tensor_integers_are_integers():
     counts = dict(batch_size=np.int64(2), length=torch.tensor(6), mask_id=np.int32(MASK), seed=np.uint8(1))
     first = sample.first_hitting(LANGUAGE, tokens_per_step=np.int64(2), order=np.int64(2), **counts)
     assert first.tokens.shape == (2, 6) and first.nfe == 3
+    schedule = sample.first_hitting(LANGUAGE, tokens_per_step=np.array([4, 2]), temperature=torch.tensor(0.5),
+                                    **counts)
+    assert schedule.nfe == 2
     assert sample.ancestral(LANGUAGE, steps=np.int64(5), **counts).tokens.shape == (2, 6)
 
 
@@ -302,6 +325,14 @@ def test_a_network_that_declares_its_ids_is_checked_before_it_runs():
         sample.first_hitting(network, batch_size=1, length=8, mask_id=MASK, prefix=torch.tensor([40]))
     with pytest.raises(ValueError, match="mask_id = 50 is not an id the network takes"):
         sample.first_hitting(network, batch_size=1, length=8, mask_id=50)
+
+
+def test_prefix_ids_between_the_logits_and_the_mask_id_are_rejected():
+    def network(x):  # 6 token logits, the mask id 9 beyond them
+        return torch.zeros(*x.shape, 6)
+    with pytest.raises(ValueError, match="prefix holds id 7"):
+        sample.first_hitting(network, batch_size=1, length=4, mask_id=9, prefix=torch.tensor([7]))
+    assert sample.first_hitting(network, batch_size=1, length=4, mask_id=9, prefix=torch.tensor([5, 9])).nfe == 3
 
 
 @pytest.mark.parametrize("name", ["ancestral", "pc", "confidence"])
