@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import field, fields
-from typing import Any, Optional, TypeVar
+from typing import Any, Iterable, Optional, TypeVar
 
 Config = TypeVar("Config")
 
@@ -32,6 +32,18 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
         else:
             parser.add_argument(flag, type=type(default), default=default, choices=f.metadata.get("choices"),
                                 help=description)
+
+
+def check_config(config: Any, rules: Iterable[tuple[str, bool, str]]) -> None:
+    """Raises ValueError naming the first field of ``config`` outside its ``choices``, or else
+    the first rule (field name, whether it holds, what the field must be) that fails."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        if choices is not None and getattr(config, f.name) not in choices:
+            raise ValueError(f"{f.name} must be one of {choices}, got {getattr(config, f.name)!r}")
+    for name, valid, rule in rules:
+        if not valid:
+            raise ValueError(f"{name} must be {rule}, got {getattr(config, name)!r}")
 
 
 def from_options(config_type: type[Config], args: argparse.Namespace) -> Config:

@@ -44,7 +44,7 @@ from .files import write_atomic
 from .language import MarkovLanguage
 from .loss import autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS
-from .options import add_options, from_options, option
+from .options import add_options, check_config, from_options, option
 from .train import MARKOV_CHAIN_LENGTH, TrainConfig, train
 
 # The float32 recipe's uniforms lie on the grid k / 2^24: a token whose probability in the
@@ -96,11 +96,8 @@ class ReproduceConfig:
             ("parallel", all(k >= 2 for k in self.parallel), "a list of ints >= 2"),
             *((name, getattr(self, name) >= 0, ">= 0") for name in ("bias_draws", "train_steps", "seed")),
             ("train_lr", self.train_lr > 0, "> 0"),
-            ("model", self.model in PRESETS, f"one of {tuple(PRESETS)}"),
         )
-        for name, valid, rule in rules:
-            if not valid:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        check_config(self, rules)
 
 
 # About 100 s on 2 CPU cores, most of it in the ancestral runs at the largest N, which

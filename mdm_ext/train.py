@@ -21,7 +21,7 @@ import argparse
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +39,7 @@ from .files import save_atomic
 from .language import MarkovLanguage
 from .loss import OBJECTIVES, autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS, Transformer, TransformerConfig
-from .options import add_options, from_options, option
+from .options import add_options, check_config, from_options, option
 from .processes import process_device, process_group
 from .schedules import SCHEDULES
 
@@ -85,10 +85,6 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (this rank's GPU when there is one per process)")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices is not None and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
         positive = ("length", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every")
         rules = (
             *((name, getattr(self, name) >= 1, ">= 1") for name in positive),
@@ -99,9 +95,7 @@ class TrainConfig:
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
         )
-        for name, valid, rule in rules:
-            if not valid:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        check_config(self, rules)
 
 
 @dataclass
