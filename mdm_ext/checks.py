@@ -53,7 +53,7 @@ def check_tokens(x: Tensor, name: str, *, num_ids: int | None = None) -> Tensor:
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"{name} must be 2-D with a non-empty last dim, got {tuple(x.shape)}")
     if num_ids is not None and x.numel() > 0:
-        low, high = int(x.min()), int(x.max())
+        low, high = torch.stack(torch.aminmax(x)).tolist()  # one read of the device
         if low < 0 or high >= num_ids:
             raise ValueError(
                 f"{name} must hold ids in [0, {num_ids}), got values in [{low}, {high}]"

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import _C
+from . import _C, checks
 from .schedules import schedule_id
 
 __all__ = [
@@ -280,11 +280,7 @@ def choose_masked(
             raise ValueError("k must be >= 0")
         counts = k.long().expand(x.shape[0]).contiguous()
     else:
-        if isinstance(k, bool) or not hasattr(k, "__index__"):
-            raise TypeError(f"k must be an int or an integer tensor, got {type(k).__name__}")
-        k = k.__index__()
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        k = checks.integer("k", k, minimum=0)
         _check_device(x=x)
         # filled on the device: an int k costs no host-to-device copy (and no wait for one)
         counts = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)

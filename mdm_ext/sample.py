@@ -19,7 +19,6 @@ logits do).
 from __future__ import annotations
 
 import math
-import operator
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -299,6 +298,19 @@ def _step_counts(tokens_per_step: Union[int, Sequence[int]]) -> Callable[[int], 
     return count_of
 
 
+def _order(order: Union[int, str]) -> Union[int, str]:
+    """``order`` as 1, 2 or "pc"; ValueError for anything else (bools and floats included)."""
+    if isinstance(order, str) and order == "pc":
+        return order
+    try:
+        number = checks.integer("order", order)
+    except TypeError:
+        number = None
+    if number not in (1, 2):
+        raise ValueError(f"order must be 1, 2 or 'pc', got {order!r}")
+    return number
+
+
 def _masked_counts(x: Tensor, mask_id: int, prefix: Optional[Tensor]) -> list[int]:
     """Each row's masked count. Read once (not at all without a prefix): afterwards a
     first-hitting run knows every count and shape on the host, so its steps queue device work
@@ -408,10 +420,7 @@ def first_hitting(
     its device work without reading anything back but the token draw's error check.
     Returns tokens [batch_size, length].
     """
-    if order != "pc" and (isinstance(order, (bool, str)) or not hasattr(order, "__index__")
-                          or operator.index(order) not in (1, 2)):
-        raise ValueError(f"order must be 1, 2 or 'pc', got {order!r}")
-    order = order if order == "pc" else operator.index(order)
+    order = _order(order)
     schedule_id(schedule)
     count_of = _step_counts(tokens_per_step)
     run = _Sampling(denoiser, mask_id=mask_id, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -432,15 +441,17 @@ def first_hitting(
             k = count_of(step)
             take = [min(k, n) for n in remaining]
             width = max(take)
-            if tuple(n > 0 for n in take) != active_rows:
-                active_rows = tuple(n > 0 for n in take)
+            rows_with_masks = tuple(n > 0 for n in take)
+            if rows_with_masks != active_rows:  # a row finished: new indices
+                active_rows = rows_with_masks
                 active = None if all(active_rows) else _index(
                     [i for i, a in enumerate(active_rows) if a], x.device)
             chosen = upcoming if upcoming is not None else run.choose(x, k)
-            positions = _chosen_positions(_rows(chosen, active), width)
+            chosen_rows = _rows(chosen, active)
+            positions = _chosen_positions(chosen_rows, width)
             valid = None  # every slot holds a chosen position unless the rows' counts differ
             if min(n for n in take if n) < width:
-                counts = _rows(chosen, active).sum(1, keepdim=True)
+                counts = chosen_rows.sum(1, keepdim=True)
                 if order == "pc":
                     positions, valid = _halves_layout(positions, counts)
                 else:
