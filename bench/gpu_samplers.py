@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from mdm_ext import reference, sample
+from mdm_ext import ops, reference, sample
 from mdm_ext.models import Transformer, TransformerConfig
 
 
@@ -46,15 +46,15 @@ class TimedNetwork(torch.nn.Module):
 @contextlib.contextmanager
 def torch_draws() -> Iterator[None]:
     """The samplers' token draws done by PyTorch's float64 Gumbel-max for the duration."""
-    fast = sample.gumbel_argmax
+    fast = ops.gumbel_argmax
 
     def draw(scores, *, temperature=1.0, exclude=None, seed=None, offset=0, legacy_float32=False):
         return reference.gumbel_argmax_ref(scores, temperature=temperature, exclude=exclude)
-    sample.gumbel_argmax = draw
+    ops.gumbel_argmax = draw
     try:
         yield
     finally:
-        sample.gumbel_argmax = fast
+        ops.gumbel_argmax = fast
 
 
 def main() -> None:

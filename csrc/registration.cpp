@@ -14,7 +14,9 @@ TORCH_LIBRARY(mdm_ext, m) {
         "int ignore_index) -> (Tensor, Tensor)");
   m.def("masked_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, "
         "Tensor? weight, Tensor lse, int mask_id, int ignore_index) -> Tensor");
-  m.def("first_hit_times(Tensor t, Tensor n_masked, int schedule, int seed, int offset) -> Tensor");
+  // schedule: a name of mdm_ext/schedules.py; schedule_params: (eps, 0) or (sigma_min, sigma_max).
+  m.def("first_hit_times(Tensor t, Tensor n_masked, str schedule, float[] schedule_params, int seed, "
+        "int offset) -> Tensor");
   m.def("choose_masked(Tensor x, int mask_id, Tensor k, int seed, int offset) -> Tensor");
 }
 

@@ -9,16 +9,18 @@
 
 namespace mdm_ext {
 
-inline void check_first_hit_args(const at::Tensor& t, const at::Tensor& n_masked, int64_t schedule,
-                                 int64_t seed, int64_t offset) {
+// Checks the arguments and returns the parsed schedule.
+inline Schedule check_first_hit_args(const at::Tensor& t, const at::Tensor& n_masked, std::string_view schedule,
+                                     c10::ArrayRef<double> params, int64_t seed, int64_t offset) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
                    "t must be float32 or float64, got ", t.scalar_type());
   TORCH_CHECK_TYPE(n_masked.scalar_type() == at::kLong, "n_masked must be int64, got ", n_masked.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && n_masked.sizes() == t.sizes(),
                     "t and n_masked must both have shape [B], got ", t.sizes(), " and ", n_masked.sizes());
-  TORCH_CHECK_VALUE(schedule >= kLinear && schedule <= kCosine, "unknown schedule ", schedule);
+  TORCH_CHECK_VALUE(params.size() == 2, "schedule_params must hold 2 numbers, got ", params.size());
   TORCH_CHECK_VALUE(t.size(0) < (int64_t(1) << 32), "t has more than 2^32 rows");
   check_randomness(seed, offset);
+  return parse_schedule(schedule, params[0], params[1]);
 }
 
 inline void check_choose_args(const at::Tensor& x, int64_t mask_id, const at::Tensor& k,

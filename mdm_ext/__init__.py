@@ -7,7 +7,9 @@ language) work before the compiled extension is loaded:
   first-hit times, masked-position choice).
 - ``mdm_ext.reference``: pure-PyTorch references that define what each op computes.
 - ``mdm_ext.denoiser``: the interface to a user's network (time-agnostic or time-conditioned).
-- ``mdm_ext.sample``: samplers (``import mdm_ext.sample`` is all a user's sampler needs).
+- ``mdm_ext.sample``: samplers (``import mdm_ext.sample`` is all a user's sampler needs); the
+  package behind it, one module per strategy, is ``mdm_ext.sampling``.
+- ``mdm_ext.hf``: Hugging Face models and tokenizers, text in and text out.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "ops", "reference", "schedules", "denoiser", "sample", "loss", "models", "data", "train",
-    "language", "metrics", "reproduce", "cli",
+    "language", "metrics", "reproduce", "cli", "sampling", "hf",
 }
 
 

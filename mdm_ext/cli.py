@@ -1,4 +1,4 @@
-"""Command line: ``mdm-ext demo | reproduce | train | sample``."""
+"""Command line: ``mdm-ext demo | reproduce | train | sample | generate``."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from . import generate, reproduce, train
+    from . import generate, hf, reproduce, train
 
     parser = argparse.ArgumentParser(prog="mdm-ext", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +27,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                    "sharded across torchrun ranks")
     generate.add_arguments(sampling)
     sampling.set_defaults(run=generate.run)
+    text = commands.add_parser("generate", help="generate text with a Hugging Face model (a local directory "
+                               "works offline): mdm-ext generate --model PATH --prompt TEXT")
+    hf.add_arguments(text)
+    text.set_defaults(run=hf.run)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -9,6 +9,7 @@ Rank 0 writes one file: ``tokens`` [N, L] int64 plus per-batch counters, loadabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,7 +20,11 @@ import torch.distributed as dist
 from . import sample
 from .files import save_atomic
 from .language import MarkovLanguage
+from .options import add_options
 from .processes import process_device, process_group
+from .sampling.first_hitting import ORDERS
+from .sampling.options import PYTHON_ONLY, SamplingOptions, from_arguments
+from .schedules import SCHEDULES
 
 SAMPLERS = ("first_hitting", "ancestral", "confidence", "autoregressive")
 
@@ -75,18 +80,18 @@ def _sampler(args: argparse.Namespace, network: Callable, mask_id: int, causal: 
              device: torch.device) -> Callable[[int, int], sample.SampleResult]:
     if causal != (args.sampler == "autoregressive"):
         raise ValueError(f"--sampler {args.sampler} does not fit a {'causal' if causal else 'masked'} model")
-    common = dict(length=args.length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                  legacy_float32=args.legacy_float32, device=device)
-    options = {
+    options = from_arguments(args, device=device)
+    strategy = {
         "first_hitting": dict(tokens_per_step=args.tokens_per_step, order=args.order),
         "ancestral": dict(steps=args.steps, schedule=args.schedule),
         "confidence": dict(steps=args.steps, block_length=args.block_length),
         "autoregressive": dict(bos_id=mask_id),
     }[args.sampler]
     if args.sampler != "autoregressive":
-        options["mask_id"] = mask_id
+        strategy["mask_id"] = mask_id
     sampler = getattr(sample, args.sampler)
-    return lambda size, seed: sampler(network, batch_size=size, seed=seed, **common, **options)
+    return lambda size, seed: sampler(network, batch_size=size, length=args.length,
+                                      options=dataclasses.replace(options, seed=seed), **strategy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,14 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=1000, help="ancestral / confidence steps")
-    parser.add_argument("--schedule", default="loglinear", help="ancestral schedule")
+    parser.add_argument("--schedule", default="loglinear", choices=SCHEDULES, help="ancestral schedule")
     parser.add_argument("--tokens-per-step", type=int, default=1, help="first-hitting tokens per call")
-    parser.add_argument("--order", default="1", choices=("1", "2", "pc"), help="first-hitting order")
+    parser.add_argument("--order", default="first", choices=(*ORDERS, "1", "2", "pc"), help="first-hitting order")
     parser.add_argument("--block-length", type=int, default=None, help="confidence decoding block")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--legacy-float32", action="store_true", help="the biased float32 recipe (study only)")
+    add_options(parser, SamplingOptions, skip=PYTHON_ONLY)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto: this rank's GPU if any, else cpu")
     parser.add_argument("--out", default="mdm_ext_out/samples.pt")
@@ -117,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext sample``: draw, gather on rank 0 and write ``--out``."""
-    args.order = args.order if args.order == "pc" else int(args.order)
+    args.order = int(args.order) if args.order in ("1", "2") else args.order
     device = process_device(args.device)
     with process_group(device):
         distributed = dist.is_initialized()
@@ -144,4 +146,6 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _to_cpu(result: sample.SampleResult) -> sample.SampleResult:
-    return sample.SampleResult(result.tokens.cpu(), result.nfe, result.categorical_draws, result.seconds)
+    return dataclasses.replace(result, tokens=result.tokens.cpu(),
+                               history=None if result.history is None else result.history.cpu(),
+                               token_probs=None if result.token_probs is None else result.token_probs.cpu())

@@ -8,8 +8,9 @@ whose network ignores time is (paper, Prop. 3.1)
               = E_{n ~ U{1..L}} (L / n) E[sum over the n masked i of -log p(x0_i | x_n)],
 
 where x_n masks exactly n positions chosen uniformly: given n masked tokens, the time weight
-integrates to 1 / n for every schedule with alpha_0 = 1 and alpha_1 = 0 ("linear", "cosine";
-"loglinear" keeps alpha_1 = 1e-3, a gap of that order). The time-agnostic form
+integrates to 1 / n for every schedule with alpha_0 = 1 and alpha_1 = 0 ("alpha_linear",
+``Schedule("cosine", eps=0)``; MDLM's "loglinear" and "cosine" keep alpha_1 = eps = 1e-3, a gap of
+that order). The time-agnostic form
 masks exactly n tokens and needs no time at all; the continuous-time form draws t and masks each
 token independently. Both estimate the same number, the time-agnostic one with lower variance
 (the continuous one's 1 / t weight has an unbounded second moment under the linear schedule).
@@ -39,7 +40,7 @@ def masked_diffusion_loss(
     mask_id: int,
     *,
     objective: str = "time_agnostic",
-    schedule: str = "linear",
+    schedule: schedules.ScheduleArgument = "alpha_linear",
     normalize: str = "token",
     stratified: bool = False,
     reduction: str = "mean",
@@ -60,7 +61,7 @@ def masked_diffusion_loss(
         schedule: alpha_t of :mod:`mdm_ext.schedules`. It sets the masking of "continuous" and,
             for either objective, the time given to a time-conditioned denoiser (``needs_time``):
             "time_agnostic" passes t = alpha^-1(1 - n / L), the time at which n of L tokens are
-            masked in expectation (t = n / L under "linear"), capped at 1.
+            masked in expectation (t = n / L under "alpha_linear"), capped at 1.
         normalize: "token" (default): NELBO / L in nats per token; "sequence": NELBO in nats.
         stratified: draw the batch's noise levels s_b = (pi(b) + u) / B with one u ~ U[0, 1) and
             a random permutation pi, one per stratum of [0, 1), instead of independently: each
@@ -88,7 +89,7 @@ def masked_diffusion_loss(
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    schedules.schedule_id(schedule)
+    schedules.get(schedule)
     batch, length = x0.shape
     device = x0.device
 

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from . import _C, checks
-from .schedules import schedule_id
+from . import schedules
 
 __all__ = [
     "gumbel_argmax", "categorical", "masked_log_softmax", "masked_cross_entropy",
@@ -217,7 +217,7 @@ def first_hit_times(
     t: torch.Tensor,
     n_masked: torch.Tensor,
     *,
-    schedule: str = "linear",
+    schedule: schedules.ScheduleArgument = "alpha_linear",
     seed: Optional[int] = None,
     offset: int = 0,
     validate: bool = True,
@@ -227,7 +227,7 @@ def first_hit_times(
     Args:
         t: [B] float32/float64 current times in [0, 1].
         n_masked: [B] integer masked counts (>= 0); rows with 0 keep their time.
-        schedule: "linear", "loglinear" or "cosine" (see :mod:`mdm_ext.schedules`).
+        schedule: a name of :mod:`mdm_ext.schedules` or a :class:`~mdm_ext.schedules.Schedule`.
         validate: check the values of t and n_masked, which reads them back from the device;
             False is for callers whose values hold by construction (a sampler's loop).
 
@@ -244,8 +244,9 @@ def first_hit_times(
         raise ValueError("t must lie in [0, 1]")
     if validate and n_masked.numel() and bool((n_masked < 0).any()):
         raise ValueError("n_masked must be >= 0")
+    schedule = schedules.get(schedule)
     seed, offset = _randomness(seed, offset)
-    return _ops.first_hit_times.default(t, n_masked.long(), schedule_id(schedule), seed, offset)
+    return _ops.first_hit_times.default(t, n_masked.long(), schedule.name, list(schedule.parameters), seed, offset)
 
 
 def choose_masked(
@@ -322,7 +323,7 @@ def _(grad_loss, logits, target, weight, lse, mask_id, ignore_index):
 
 
 @torch.library.register_fake("mdm_ext::first_hit_times")
-def _(t, n_masked, schedule, seed, offset):
+def _(t, n_masked, schedule, schedule_params, seed, offset):
     return torch.empty_like(t)
 
 

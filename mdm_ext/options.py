@@ -9,7 +9,8 @@ Config = TypeVar("Config")
 
 
 def option(default: Any, description: str, **argparse_kwargs: Any) -> Any:
-    """A dataclass field with its --help text (and argparse keywords such as ``choices``)."""
+    """A dataclass field with its --help text (and argparse keywords such as ``choices``, or
+    ``type`` where the default is None)."""
     return field(default=default, metadata={"help": description, **argparse_kwargs})
 
 
@@ -30,8 +31,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
         elif isinstance(default, tuple):
             parser.add_argument(flag, type=int, nargs="*", default=default, help=description)
         else:
-            parser.add_argument(flag, type=type(default), default=default, choices=f.metadata.get("choices"),
-                                help=description)
+            # a field whose default is None names its type in the metadata
+            parser.add_argument(flag, type=f.metadata.get("type", type(default)), default=default,
+                                choices=f.metadata.get("choices"), help=description)
 
 
 def check_config(config: Any, rules: Iterable[tuple[str, bool, str]]) -> None:

@@ -65,7 +65,7 @@ class TrainConfig:
     causal: bool = option(False, "train the autoregressive baseline (causal attention, "
                                   "next-token loss) instead of a masked diffusion model")
     objective: str = option("time_agnostic", "masked diffusion loss", choices=OBJECTIVES)
-    schedule: str = option("linear", "masking schedule of the loss", choices=SCHEDULES)
+    schedule: str = option("alpha_linear", "masking schedule of the loss", choices=SCHEDULES)
     stratified: bool = option(True, "spread the batch's noise levels over [0, 1) evenly")
     length: int = option(128, "tokens per training sequence")
     batch_size: int = option(32, "sequences per step on each process")

@@ -16,6 +16,7 @@ from conftest import chisquare_pvalue, seeded
 from mdm_ext import reference, schedules
 from mdm_ext.denoiser import Denoiser
 from mdm_ext.loss import autoregressive_loss, masked_diffusion_loss
+from mdm_ext.schedules import Schedule
 from mdm_ext.models import Transformer, TransformerConfig
 
 VOCAB = 5  # real tokens 0..4
@@ -52,12 +53,13 @@ def exact_nelbo_per_token(network: Transformer, x0: Tensor, weight_of_n=lambda n
     return ((ce * masks).sum(-1) * subset_weight).sum(-1) / length
 
 
+COSINE = Schedule("cosine", eps=0.0)  # alpha_1 = 0: the continuous ELBO equals the time-agnostic one
 MC_CASES = [
-    ("time_agnostic", "linear", False),
-    ("time_agnostic", "cosine", True),
-    ("continuous", "linear", False),
-    ("continuous", "cosine", False),
-    ("continuous", "cosine", True),
+    ("time_agnostic", "alpha_linear", False),
+    ("time_agnostic", COSINE, True),
+    ("continuous", "alpha_linear", False),
+    ("continuous", COSINE, False),
+    ("continuous", COSINE, True),
 ]
 
 
@@ -113,7 +115,7 @@ class Recorder:
         return torch.zeros(*x.shape, VOCAB + 1)
 
 
-def recorded(objective: str, batch_size: int, *, length: int = 8, schedule: str = "linear",
+def recorded(objective: str, batch_size: int, *, length: int = 8, schedule: str = "alpha_linear",
              stratified: bool = False, seed: int = 5) -> tuple[Tensor, Tensor]:
     """(masked count [B], time [B]) that masked_diffusion_loss hands a time-conditioned network."""
     recorder = Recorder()
@@ -139,7 +141,7 @@ def test_stratified_counts_cover_every_level():
     assert torch.equal(strata.sort().values, torch.arange(50))
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", ["alpha_linear", "cosine", "sigma_linear"])
 def test_continuous_masks_each_token_with_probability_one_minus_alpha(schedule):
     length = 8
     n_masked, t = recorded("continuous", 8000, length=length, schedule=schedule)
@@ -250,7 +252,8 @@ def _with_mask(x0: Tensor) -> Tensor:
     (dict(denoiser="network"), TypeError, "denoiser"),
     (dict(denoiser=lambda x: torch.zeros(x.shape[0], VOCAB + 1)), ValueError, "denoiser"),
     (dict(objective="discrete"), ValueError, "objective"),
-    (dict(schedule="geometric"), ValueError, "schedule"),
+    (dict(schedule="square"), ValueError, "schedule"),
+    (dict(schedule="linear"), ValueError, "ambiguous"),
     (dict(normalize="batch"), ValueError, "normalize"),
     (dict(reduction="sum"), ValueError, "reduction"),
     (dict(denoiser=lambda x: torch.zeros(*x.shape, VOCAB + 1), mask_id=VOCAB + 1), ValueError, "mask_id"),

@@ -49,9 +49,12 @@ def opcheck_samples() -> dict[str, tuple[torch._ops.OpOverload, tuple]]:
         "cross_entropy_backward": (OPS.masked_cross_entropy_backward.default,
                                    (grad_loss, logits.detach(), target, weight, lse, 2, -100)),
         "first_hit_times": (OPS.first_hit_times.default,
-                            (torch.rand(4, generator=seeded(4)), torch.tensor([0, 1, 5, 2]), 0, 1, 2)),
+                            (torch.rand(4, generator=seeded(4)), torch.tensor([0, 1, 5, 2]), "alpha_linear",
+                             [0.0, 0.0], 1, 2)),
         "first_hit_times_cosine": (OPS.first_hit_times.default,
-                                   (times, torch.tensor([3, 1, 8]), 2, 4, 0)),
+                                   (times, torch.tensor([3, 1, 8]), "cosine", [1e-3, 0.0], 4, 0)),
+        "first_hit_times_geometric": (OPS.first_hit_times.default,
+                                      (times, torch.tensor([3, 1, 8]), "geometric", [1e-3, 1.0], 4, 0)),
         "choose_masked": (OPS.choose_masked.default,
                           (torch.tensor([[1, 9, 9, 4], [9, 2, 9, 9]]), 9, torch.tensor([1, 2]), 1, 2)),
     }
@@ -181,7 +184,7 @@ BAD_CALLS = {
     "op_mask_id": (ValueError, "mask_id", lambda: OPS.masked_log_softmax.default(LOGITS, 9)),
     "op_weight_dtype": (TypeError, "weight",
                         lambda: OPS.masked_cross_entropy.default(LOGITS, TARGET, TARGET.double(), 4, -100)),
-    "op_schedule": (ValueError, "schedule", lambda: OPS.first_hit_times.default(T, N_MASKED, 5, 0, 0)),
+    "op_schedule": (ValueError, "schedule", lambda: OPS.first_hit_times.default(T, N_MASKED, "cos", [0.0, 0.0], 0, 0)),
     "op_k_int32": (TypeError, "^k must",
                    lambda: OPS.choose_masked.default(TARGET[None], 2, N_MASKED.int(), 0, 0)),
 }

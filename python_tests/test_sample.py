@@ -41,7 +41,7 @@ SAMPLERS = {
     "pc": lambda d, **kw: sample.first_hitting(d, tokens_per_step=3, order="pc", **kw),
     "ancestral": lambda d, **kw: sample.ancestral(d, steps=40, **kw),
     "ancestral_uncached": lambda d, **kw: sample.ancestral(d, steps=40, cache=False, **kw),
-    "ancestral_linear": lambda d, **kw: sample.ancestral(d, steps=40, schedule="linear", **kw),
+    "ancestral_linear": lambda d, **kw: sample.ancestral(d, steps=40, schedule="alpha_linear", **kw),
     "confidence": lambda d, **kw: sample.confidence(d, steps=6, block_length=4, **kw),
     "confidence_random": lambda d, **kw: sample.confidence(d, steps=10, remasking="random", **kw),
 }
@@ -158,14 +158,31 @@ def test_predictor_corrector_splits_each_row_in_halves():
     assert [counts.tolist() for counts in recorder.masked_counts] == [[6, 2], [4, 1], [2], [1]]
 
 
-def test_halves_layout_keeps_every_chosen_position_once():
-    positions = torch.tensor([[3, 1, 4, 0, 2], [4, 2, 0, 1, 3], [0, 1, 2, 3, 4]])  # chosen first
-    counts = torch.tensor([[5], [3], [1]])
-    laid, valid = sample._halves_layout(positions, counts)
-    assert valid.tolist() == [[True] * 5, [True, True, False, True, False], [True, False, False, False, False]]
-    for row, count in zip(range(3), counts[:, 0].tolist()):
-        assert sorted(laid[row].tolist()) == sorted(positions[row].tolist())  # a permutation: padding distinct
-        assert sorted(laid[row][valid[row]].tolist()) == sorted(positions[row, :count].tolist())
+def test_predictor_corrector_corrects_the_second_half_of_each_row_in_position_order():
+    """Rows unmasking 4 and 2 tokens: the predictor fills each row's first ceil(c / 2) chosen
+    positions (the lowest), the corrector call asks for the others and fills them."""
+    calls = []
+
+    class PositionRecorder:
+        accepts_positions = True
+
+        def __call__(self, x, positions=None):
+            calls.append((x.clone(), positions.clone()))
+            return LANGUAGE(x, positions)
+
+    template = torch.tensor([[MASK] * 6, [1, 2, 3, 4, MASK, MASK]])
+    result = sample.first_hitting(PositionRecorder(), batch_size=2, length=6, mask_id=MASK, prefix=template,
+                                  tokens_per_step=4, order="predictor_corrector", seed=3)
+    (x0, predictor_positions), (x1, corrector_positions) = calls[:2]
+    x2 = torch.stack([calls[2][0][0], result.tokens[1]])  # after the step (row 1 is then done)
+    for row, count in enumerate([4, 2]):
+        first = set((x1[row] != x0[row]).nonzero().flatten().tolist())
+        second = set((x2[row] != x1[row]).nonzero().flatten().tolist())
+        assert len(first) == (count + 1) // 2 and len(second) == count // 2
+        assert max(first) < min(second)  # the lower positions are predicted
+        assert first | second <= set(predictor_positions[row].tolist())
+        assert second == set(corrector_positions[row, :count // 2].tolist())
+    assert (result.tokens != MASK).all()
 
 
 def test_count_schedule_must_cover_the_masks():
@@ -320,7 +337,7 @@ def test_numpy_and_tensor_integers_are_integers():
 
 
 def test_a_network_that_declares_its_ids_is_checked_before_it_runs():
-    network = Transformer(TransformerConfig.preset("tiny", vocab_size=MASK + 1, max_len=16))
+    network = Transformer(TransformerConfig.preset("tiny", vocab_size=MASK + 1, max_len=16)).eval()
     with pytest.raises(ValueError, match=r"prefix must hold token ids in \[0, 13\)"):
         sample.first_hitting(network, batch_size=1, length=8, mask_id=MASK, prefix=torch.tensor([40]))
     with pytest.raises(ValueError, match="mask_id = 50 is not an id the network takes"):

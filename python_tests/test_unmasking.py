@@ -5,6 +5,7 @@ Their randomness is internal, so the kernels are held to the references through 
 ALPHA is the false-alarm rate of each statistical test; seeds are fixed, so outcomes reproduce.
 """
 import itertools
+import math
 
 import pytest
 import torch
@@ -43,7 +44,13 @@ def test_first_hit_times_follow_the_reference_at_uniform_u(schedule, time_dtype,
     next_time = ops.first_hit_times(t.to(device), n_masked.to(device), schedule=schedule, seed=41).cpu()
     assert next_time.dtype == time_dtype and bool(((next_time >= 0) & (next_time <= t)).all())
     u = recovered_uniforms(t, n_masked, next_time, schedule)
-    assert stats.kstest(u.numpy(), "uniform").pvalue > ALPHA
+    # where alpha_0 < 1 (geometric) a hit can fall beyond t = 0, clamped there: u is then below
+    # floor = u at t = 0, and uniform on [floor, 1) otherwise (floor = 0 for the other schedules)
+    floor = recovered_uniforms(t, n_masked, torch.zeros_like(t), schedule)
+    hit = next_time > 0
+    assert stats.kstest(((u - floor) / (1 - floor))[hit].numpy(), "uniform").pvalue > ALPHA
+    clamped, expected = int((~hit).sum()), float(floor.sum())
+    assert abs(clamped - expected) <= 4 * math.sqrt(float((floor * (1 - floor)).sum())) + 1e-9
     tolerance = 1e-5 if time_dtype == torch.float32 else 1e-9
     torch.testing.assert_close(reference.first_hit_times_ref(t, n_masked, u, schedule), next_time,
                                rtol=tolerance, atol=tolerance)
@@ -85,7 +92,7 @@ def test_first_hit_times_streams(device):
     first = ops.first_hit_times(t, n_masked, seed=46, offset=1)
     assert torch.equal(first, ops.first_hit_times(t, n_masked, seed=46, offset=1))
     other = ops.first_hit_times(t, n_masked, seed=46, offset=2)
-    u_first, u_other = (recovered_uniforms(t, n_masked, times, "linear").cpu() for times in (first, other))
+    u_first, u_other = (recovered_uniforms(t, n_masked, times, "alpha_linear").cpu() for times in (first, other))
     assert stats.pearsonr(u_first.numpy(), u_other.numpy()).pvalue > ALPHA
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(47)
@@ -178,7 +185,7 @@ def test_cpu_and_cuda_agree(schedule, cuda):
     t, n_masked = random_times_and_counts(10_000, torch.float64)
     on_cuda = ops.first_hit_times(t.to(cuda), n_masked.to(cuda), schedule=schedule, seed=59).cpu()
     on_cpu = ops.first_hit_times(t, n_masked, schedule=schedule, seed=59)
-    tolerance = 1e-12 if schedule == "cosine" else 0.0
+    tolerance = 1e-12 if schedule.startswith("cosine") else 0.0
     torch.testing.assert_close(on_cuda, on_cpu, rtol=tolerance, atol=tolerance)
     x = masked_tokens(300, 70)
     on_cuda = ops.choose_masked(x.to(cuda), MASK_ID, 9, seed=60).cpu()

@@ -16,9 +16,9 @@
 namespace mdm_ext {
 namespace {
 
-at::Tensor first_hit_times_cpu(const at::Tensor& t, const at::Tensor& n_masked, int64_t schedule,
-                               int64_t seed, int64_t offset) {
-  check_first_hit_args(t, n_masked, schedule, seed, offset);
+at::Tensor first_hit_times_cpu(const at::Tensor& t, const at::Tensor& n_masked, std::string_view schedule_name,
+                               c10::ArrayRef<double> schedule_params, int64_t seed, int64_t offset) {
+  const Schedule schedule = check_first_hit_args(t, n_masked, schedule_name, schedule_params, seed, offset);
   const at::Tensor t_in = t.contiguous(), n_in = n_masked.contiguous();
   at::Tensor out = at::empty_like(t_in);
   AT_DISPATCH_FLOATING_TYPES(t_in.scalar_type(), "first_hit_times", [&] {

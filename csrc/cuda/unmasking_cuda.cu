@@ -20,7 +20,7 @@ constexpr int kBins = 1 << kRadixBits;
 
 template <typename scalar_t>
 __global__ void first_hit_kernel(const scalar_t* t, const int64_t* n_masked, scalar_t* out, int64_t batch,
-                                 int64_t schedule, uint64_t seed, uint64_t offset) {
+                                 Schedule schedule, uint64_t seed, uint64_t offset) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const double u = uniform53(random_bits(seed, offset, kFirstHitNoise, b, 0));
@@ -79,9 +79,9 @@ __global__ void choose_masked_kernel(const int64_t* x, int64_t length, int64_t m
   }
 }
 
-at::Tensor first_hit_times_cuda(const at::Tensor& t, const at::Tensor& n_masked, int64_t schedule, int64_t seed,
-                                int64_t offset) {
-  check_first_hit_args(t, n_masked, schedule, seed, offset);
+at::Tensor first_hit_times_cuda(const at::Tensor& t, const at::Tensor& n_masked, std::string_view schedule_name,
+                                c10::ArrayRef<double> schedule_params, int64_t seed, int64_t offset) {
+  const Schedule schedule = check_first_hit_args(t, n_masked, schedule_name, schedule_params, seed, offset);
   const c10::cuda::CUDAGuard guard(t.device());
   const at::Tensor t_in = t.contiguous(), n_in = n_masked.contiguous();
   at::Tensor out = at::empty_like(t_in);
