@@ -285,7 +285,9 @@ def _checkpoint_state(config: TrainConfig, model: Transformer, ema: Optional[Ave
 
 
 def _check_resumable(state: dict, config: TrainConfig, world_size: int) -> None:
-    saved = state["config"]
+    saved = dict(state["config"])
+    if saved.get("schedule") == "linear":  # checkpoints from before the name became alpha_linear
+        saved["schedule"] = "alpha_linear"
     changed = [name for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and saved.get(name) != value]
     if changed:

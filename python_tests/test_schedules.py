@@ -137,3 +137,14 @@ def test_first_hitting_is_exact_under_each_schedule_for_a_timed_network(schedule
     oracle = Denoiser(lambda x, t: LANGUAGE(x), needs_time=True)
     result = sample.first_hitting(oracle, batch_size=20_000, length=1, mask_id=MASK, schedule=schedule, seed=2)
     assert chisquare_pvalue(result.tokens, LANGUAGE.stationary) > 1e-4
+
+
+def test_a_checkpoint_trained_under_the_former_linear_name_resumes():
+    from dataclasses import asdict
+
+    from mdm_ext.train import TrainConfig, _check_resumable
+
+    config = TrainConfig(schedule="alpha_linear")
+    _check_resumable({"config": {**asdict(config), "schedule": "linear"}, "world_size": 1}, config, 1)
+    with pytest.raises(ValueError, match="schedule"):
+        _check_resumable({"config": {**asdict(config), "schedule": "cosine"}, "world_size": 1}, config, 1)

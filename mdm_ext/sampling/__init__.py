@@ -11,30 +11,33 @@ Layout:
 - one module per strategy: :mod:`.first_hitting`, :mod:`.ancestral`, :mod:`.confidence`,
   :mod:`.autoregressive`.
 
-Adding a strategy is one module here, plus one line in ``mdm_ext/sample.py`` to export it::
+Adding a strategy is one module here, plus one line in ``mdm_ext/sample.py`` to export it.
+This one unmasks one uniformly chosen position per sequence and step (exact first-hitting for a
+time-agnostic network)::
 
     @torch.no_grad()
-    def my_strategy(denoiser, *, length, mask_id, steps, batch_size=None, prefix=None,
-                    options=None, **option_values) -> SampleResult:
+    def my_strategy(denoiser, *, length, mask_id, batch_size=None, prefix=None, options=None,
+                    **option_values) -> SampleResult:
         run = Run(denoiser, resolve(options, option_values, "my_strategy"), mask_id=mask_id)
-        x = run.start(batch_size, length, prefix)          # [B, L]; mask_id where to generate
-        for step in range(steps):
-            masked = x == mask_id
-            rows = masked.any(1).nonzero().squeeze(1)      # sequences still generating
+        x = run.start(batch_size, length, prefix)  # [B, L]; mask_id where to generate
+        while True:
+            rows = (x == mask_id).any(1).nonzero().squeeze(1)  # the sequences still generating
             if rows.numel() == 0:
                 break
-            logits = run.network(x.index_select(0, rows), rows)   # network_kwargs follow the rows
-            row, position = masked.index_select(0, rows).nonzero(as_tuple=True)
-            tokens, probs = run.draw(logits[row, position], position, rows[row])  # shaped, seeded
-            run.fill(x, position, tokens, rows[row], probs=probs)
-            run.end_step(x)                                # EOS fill, history, callback
+            x_rows = x.index_select(0, rows)
+            position = run.choose(x_rows, 1, rows).int().argmax(1, keepdim=True)  # [b, 1]
+            logits = run.network(x_rows, rows, positions=position)  # network_kwargs follow the rows
+            tokens, probs = run.draw(logits, position, rows)  # shaped and seeded
+            run.fill(x, position, tokens, rows, probs=probs)
+            run.end_step(x)  # EOS fill, history, callback
         return run.result(x)
 
 What the run gives a strategy, so that it writes none of it:
 
-- ``run.network(x_rows, rows, t=, positions=)``: the call, counted (nfe), with the rows' slices
-  of ``network_kwargs``; ``rows`` is None (all B) or an index tensor, and every method taking
-  ``rows`` reads it the same way.
+- ``run.network(x_rows, rows, t=, positions=, **call_kwargs)``: the call, counted (nfe), with
+  the rows' slices of ``network_kwargs`` (and a strategy's own keywords, e.g. a KV cache);
+  ``rows`` is None (all B) or an index tensor, and every method taking ``rows`` reads it the
+  same way.
 - ``run.draw(logits, positions, rows)``: tokens under the options' processors (the fused
   kernel path when possible) and their probabilities when history is kept;
   ``run.draw_as_is(scores, positions, rows, probabilities=False)`` for scores a strategy

@@ -86,11 +86,11 @@ def ancestral(
             log_probs = run.log_probs(logits[row, position], position, row)
             drawn = run.draw_as_is(_with_stay_column(log_probs, log_stay, mask_id), position, row)
             previous = x.clone()
-            unmasked = drawn != mask_id
-            probs = None
+            probs = None  # of the tokens drawn (a drawn mask id, staying masked, rewrites a mask)
             if run.keeps_history:
                 probs = log_probs.gather(1, drawn.clamp(max=log_probs.shape[1] - 1)[:, None])[:, 0].exp()
-            run.fill(x, position, drawn, row, valid=unmasked, probs=probs)
+                probs = probs.masked_fill(drawn == mask_id, math.nan)
+            run.fill(x, position, drawn, row, probs=probs)
             run.end_step(x)
             stale = (x != previous).any(1)
             bar.update()

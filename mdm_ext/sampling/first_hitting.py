@@ -82,6 +82,7 @@ class Step:
     width: int  # slots per row: the largest count taken
     takes: list[int]  # tokens each of the B rows unmasks
     active: Rows  # the rows with masks left (None: every row)
+    exact: bool  # the rows take ``takes`` exactly (False after EOS fill: the counts follow the data)
     even: bool  # every active row takes ``width``: no padding slots
 
 
@@ -108,7 +109,7 @@ class Plan:
                 self._active = None if all(active_rows) else _index(
                     [i for i, a in enumerate(active_rows) if a], self.device)
             width = max(takes)
-            step = Step(index, k, width, takes, self._active,
+            step = Step(index, k, width, takes, self._active, self.exact_counts,
                         self.exact_counts and min(n for n in takes if n) == width)
             self.remaining = [n - c for n, c in zip(self.remaining, takes)]
             yield step
@@ -193,9 +194,10 @@ class _FirstHitting:
         scores = now
         if self.previous is not None:
             previous_positions, previous_log_probs, previous_count = self.previous
-            # the previous call's log-probabilities at this step's positions, found by position
-            slot = (positions[:, :, None] == _rows(previous_positions, active)[:, None, :]).int().argmax(2)
-            then = _rows(previous_log_probs, active).gather(1, slot[..., None].expand(-1, -1, now.shape[-1]))
+            then = _rows(previous_log_probs, active)  # slot for slot: the same positions, laid out alike
+            if not step.exact:  # EOS fill dropped some of the positions chosen ahead: match by position
+                slot = (positions[:, :, None] == _rows(previous_positions, active)[:, None, :]).int().argmax(2)
+                then = then.gather(1, slot[..., None].expand(-1, -1, now.shape[-1]))
             scores = _extrapolate(model_log_probs(now, run.mask_id), then, step.count / (2 * previous_count))
         self._draw_and_fill(scores, positions, valid, active)
         self.previous = None
@@ -216,13 +218,17 @@ class _FirstHitting:
         run, active = self.run, step.active
         chosen = _rows(run.choose(self.x, step.count), active)
         half = (step.width + 1) // 2
-        counts = chosen.sum(1, keepdim=True)
-        first_count = (counts + 1) // 2
-        in_first = chosen & (chosen.cumsum(1) <= first_count)  # each row's first half, by position
-        first, first_valid = self._layout(in_first, half, step.even)
-        second, second_valid = self._layout(chosen & ~in_first, step.width - half, step.even)
+        if step.even:  # the halves are column slices of the positions in order
+            query, _ = self._layout(chosen, step.width, True)
+            (first, second), first_valid, second_valid = (query[:, :half], query[:, half:]), None, None
+        else:
+            first_count = (chosen.sum(1, keepdim=True) + 1) // 2
+            in_first = chosen & (chosen.cumsum(1) <= first_count)  # each row's first half, by position
+            first, first_valid = self._layout(in_first, half, False)
+            second, second_valid = self._layout(chosen & ~in_first, step.width - half, False)
+            query = torch.cat([first, second], dim=1)
         times = self._times(step)
-        now = run.network(_rows(self.x, active), active, t=times, positions=torch.cat([first, second], dim=1))
+        now = run.network(_rows(self.x, active), active, t=times, positions=query)
         self._draw_and_fill(now[:, :half], first, first_valid, active)
         # the corrector call: rows with a second half only (the others are done with this step)
         taking = [c for c in step.takes if c > 0]

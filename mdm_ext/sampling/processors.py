@@ -19,7 +19,6 @@ temperature 0, where the argmax is kept by all of them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
 import torch
@@ -28,19 +27,26 @@ from torch import Tensor
 from .. import checks
 
 
-@dataclass
 class Sites:
     """Where the draws of one call sit, each a tensor of the scores' leading shape [...]:
-    ``sequences`` (the sequence's index in the batch), ``positions`` (in the sequence) and
-    ``new_positions`` (counted from the sequence's first generated position)."""
+    ``positions`` (in the sequence), ``sequences`` (the sequence's index in the batch) and
+    ``new_positions`` (counted from the sequence's first generated position); the last two are
+    computed when asked for.
 
-    sequences: Tensor
-    positions: Tensor
-    first_generated: Tensor  # [B]
+    rows: the sequences of the leading dim (None: all B in order), or one per site."""
+
+    def __init__(self, positions: Tensor, rows: Optional[Tensor], first_generated: Tensor):
+        self.positions, self._rows, self._first_generated = positions, rows, first_generated
+
+    @property
+    def sequences(self) -> Tensor:
+        shape = self.positions.shape
+        rows = torch.arange(shape[0], device=self.positions.device) if self._rows is None else self._rows
+        return rows.view(-1, *([1] * (len(shape) - rows.dim()))).expand(shape)
 
     @property
     def new_positions(self) -> Tensor:
-        return self.positions - self.first_generated[self.sequences]
+        return self.positions - self._first_generated[self.sequences]
 
 
 class TokenProcessor(Protocol):
@@ -158,7 +164,7 @@ def _probability(name: str, value: object, *, closed_low: bool) -> float:
 
 class TokenShaping:
     """The processors of a run in their order (module docstring) and the two ways to draw
-    through them: :meth:`fused` (kernel arguments) or :meth:`log_probs`."""
+    through them: ``fused`` (then :meth:`masked` gives the kernel its arguments) or :meth:`log_probs`."""
 
     def __init__(self, *, mask_id: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
                  min_p: Optional[float], exclude_ids: Sequence[int], eos_id: Optional[int], min_new_tokens: int,
@@ -174,13 +180,10 @@ class TokenShaping:
             *([MinP(min_p)] if min_p is not None and min_p > 0 else []),
             *processors,
         ]
-
-    @property
-    def fused(self) -> bool:
-        """Whether a draw can hand the temperature to the kernel: no filter would change the
-        distribution (none is active, or the temperature is 0 and all of them keep the argmax)."""
-        return all(getattr(f, "keeps_argmax", False) for f in self.filters) if self.temperature.temperature == 0 \
-            else not self.filters
+        # whether a draw can hand the temperature to the kernel: no filter would change the
+        # distribution (none is active, or the temperature is 0 and all of them keep the argmax)
+        self.fused = (all(getattr(f, "keeps_argmax", False) for f in self.filters) if temperature == 0
+                      else not self.filters)
 
     def masked(self, logits: Tensor, sites: Sites) -> tuple[Tensor, Optional[int]]:
         """For a fused draw: (scores, exclude) with the masks applied, one excluded id left to

@@ -111,15 +111,16 @@ class Run:
 
     # -- the network -----------------------------------------------------------------------
     def network(self, x: Tensor, rows: Rows = None, *, t: Optional[Tensor] = None,
-                positions: Optional[Tensor] = None) -> Tensor:
+                positions: Optional[Tensor] = None, **call_kwargs: Any) -> Tensor:
         """The network's logits [b, L or K, V] for x: [b, L], the sequences ``rows`` (all B
         when None), with their times t [b] and query positions [b, K] if any; tensors of
-        ``network_kwargs`` go along with the same rows."""
+        ``network_kwargs`` go along with the same rows. ``call_kwargs`` (a strategy's own, e.g.
+        a cache) are passed as they are, after them."""
         self.nfe += 1
         kwargs = self.network_kwargs if rows is None else {
             name: value.index_select(0, rows.to(value.device)) if isinstance(value, Tensor) else value
             for name, value in self.network_kwargs.items()}
-        logits = self.denoiser(x, t=t, positions=positions, **kwargs)
+        logits = self.denoiser(x, t=t, positions=positions, **kwargs, **call_kwargs)
         if self.unchecked_max is not None:
             largest, self.unchecked_max = int(self.unchecked_max), None
             if largest >= logits.shape[-1]:
@@ -127,19 +128,19 @@ class Run:
         return logits
 
     # -- draws -----------------------------------------------------------------------------
-    def _sites(self, shape: torch.Size, positions: Tensor, rows: Rows) -> Sites:
-        """Draw sites of leading shape ``shape``: rows None (shape [B, ...]), or [shape[0]]."""
-        sequences = torch.arange(shape[0], device=positions.device) if rows is None else rows
-        sequences = sequences.view(-1, *([1] * (len(shape) - 1))).expand(shape)
-        return Sites(sequences, positions.expand(shape), self.first_generated)
+    def _sites(self, positions: Tensor, rows: Rows) -> Sites:
+        """Draw sites at ``positions`` [...] of the sequences ``rows``: None (the leading dim is
+        all B), [shape[0]], or one per site."""
+        return Sites(positions, rows, self.first_generated)
 
-    def _randomness(self, sites: Sites) -> tuple[Union[int, Tensor], int]:
-        return self.streams.next(sites.sequences.flatten(), sites.positions.flatten())
+    def _row_sites(self, x: Tensor, rows: Rows) -> Sites:
+        """One site per row of x (position 0) for calls that draw per sequence."""
+        return Sites(torch.zeros(x.shape[0], dtype=torch.long, device=x.device), rows, self.first_generated)
 
     def log_probs(self, logits: Tensor, positions: Tensor, rows: Rows = None) -> Tensor:
         """The shaped log-probabilities [..., V] of the draws at ``positions`` [...] (see
         :mod:`~mdm_ext.sampling.processors`)."""
-        return self.shaping.log_probs(logits, self._sites(logits.shape[:-1], positions, rows))
+        return self.shaping.log_probs(logits, self._sites(positions, rows))
 
     def draw(self, logits: Tensor, positions: Tensor, rows: Rows = None) -> tuple[Tensor, Optional[Tensor]]:
         """One token per site from the shaped distribution of logits [..., V]; a site is a
@@ -147,7 +148,7 @@ class Run:
         all B sequences, else the sequence of each leading index). The fused kernel path when
         the processors allow it (:class:`~mdm_ext.sampling.processors.TokenShaping`).
         Returns tokens [...] and, with ``return_history``, their probabilities [...]."""
-        sites = self._sites(logits.shape[:-1], positions, rows)
+        sites = self._sites(positions, rows)
         temperature, exclude = 1.0, None
         if self.shaping.fused:
             scores, exclude = self.shaping.masked(logits, sites)
@@ -165,15 +166,15 @@ class Run:
                    probabilities: bool = False) -> Tensor:
         """One outcome per site from scores [..., C] taken as they are: unnormalised
         log-probabilities, or with ``probabilities`` unnormalised probabilities."""
-        sites = self._sites(scores.shape[:-1], positions, rows)
-        return self._draw(scores, sites, kind=ops.categorical if probabilities else ops.gumbel_argmax)
+        return self._draw(scores, self._sites(positions, rows),
+                          kind=ops.categorical if probabilities else ops.gumbel_argmax)
 
     def _draw(self, scores: Tensor, sites: Sites, *, kind: Optional[Callable[..., Tensor]] = None,
               **kernel_options: Any) -> Tensor:
         kind = kind or ops.gumbel_argmax  # looked up at the call: bench/gpu_samplers.py swaps it
         width = scores.shape[-1]
         self.categorical_draws += scores.numel() // max(width, 1)
-        seed, offset = self._randomness(sites)
+        seed, offset = self.streams.next(lambda: sites)
         drawn = call_with_row_seeds(kind, (scores.reshape(-1, width),), seed=seed, offset=offset,
                                     legacy_float32=self.options.legacy_float32, **kernel_options)
         return drawn.view(scores.shape[:-1])
@@ -181,8 +182,7 @@ class Run:
     def choose(self, x: Tensor, k: Union[int, Tensor], rows: Rows = None) -> Tensor:
         """Up to k (an int or [b]) masked positions of each row of x: [b, L], the sequences
         ``rows``, uniformly: bool [b, L]."""
-        sites = self._sites(x.shape[:1], torch.zeros(x.shape[0], dtype=torch.long, device=x.device), rows)
-        seed, offset = self._randomness(sites)
+        seed, offset = self.streams.next(lambda: self._row_sites(x, rows))
         if isinstance(k, Tensor):
             return call_with_row_seeds(lambda x, k, **r: ops.choose_masked(x, self.mask_id, k, **r), (x, k),
                                        seed=seed, offset=offset)
@@ -192,8 +192,7 @@ class Run:
     def first_hit(self, t: Tensor, n_masked: Tensor, schedule: Schedule) -> Tensor:
         """The next unmask time of each of the B sequences, [B] float64 (valid inputs: nothing
         is read back)."""
-        sites = self._sites(t.shape, torch.zeros_like(n_masked), None)
-        seed, offset = self._randomness(sites)
+        seed, offset = self.streams.next(lambda: self._row_sites(t, None))
         return call_with_row_seeds(
             lambda t, n, **r: ops.first_hit_times(t, n, schedule=schedule, validate=False, **r), (t, n_masked),
             seed=seed, offset=offset)

@@ -17,13 +17,16 @@ draws); :func:`call_with_row_seeds` is the one place that relies on it.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import checks, ops
+
+if TYPE_CHECKING:
+    from .processors import Sites
 
 SeedArgument = Union[int, Sequence[int], Tensor, np.ndarray, None]
 
@@ -110,13 +113,16 @@ class Streams:
             self.seeds = seed.to(device)
             self.sequence_calls = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
-    def next(self, sequences: Tensor, positions: Tensor) -> tuple[Union[int, Tensor], int]:
-        """(seed, offset) of the next random call, whose sites [N] belong to ``sequences`` [N]
-        at ``positions`` [N]: the shared seed and the next offset, or one seed per site.
-        Every sequence named takes part in the call: its own counter moves on."""
+    def next(self, sites: Callable[[], "Sites"]) -> tuple[Union[int, Tensor], int]:
+        """(seed, offset) of the next random call at the sites ``sites()`` returns (asked for
+        only with per-sequence seeds): the shared seed and the next offset, or one seed per site
+        (flattened). Every sequence the sites name takes part in the call: its own counter
+        moves on."""
         if self.shared is not None:
             self.calls += 1
             return self.shared, self.calls - 1
+        where = sites()
+        sequences, positions = where.sequences.flatten(), where.positions.flatten()
         seeds = row_seed(self.seeds[sequences], self.sequence_calls[sequences], positions)
         self.sequence_calls[sequences] = self.sequence_calls[sequences] + 1
         return seeds, 0
