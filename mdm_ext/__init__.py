@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "ops", "reference", "schedules", "denoiser", "sample", "loss", "models", "data", "train",
+    "ops", "reference", "schedules", "denoiser", "sample", "loss", "models", "dit", "data", "train",
     "language", "metrics", "reproduce", "cli",
 }
 

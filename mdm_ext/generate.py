@@ -60,11 +60,17 @@ def assemble(results: dict[int, sample.SampleResult]) -> dict[str, torch.Tensor]
 
 
 def _network(args: argparse.Namespace, device: torch.device) -> tuple[Callable, int, bool]:
-    """(denoiser, mask id, causal) of the command line: a checkpoint of ``mdm-ext train`` or
-    the exact oracle of a Markov language."""
+    """(denoiser, mask id, causal) of the command line: a checkpoint of ``mdm-ext train``, an
+    MDLM checkpoint (Hugging Face folder or Lightning .ckpt) or the exact oracle of a Markov
+    language."""
     if args.checkpoint is None:
         language = MarkovLanguage.random(args.markov, seed=args.language_seed)
         return language, language.mask_id, False
+    from .dit import is_mdlm_checkpoint, load_mdlm
+
+    if is_mdlm_checkpoint(args.checkpoint):
+        network = load_mdlm(args.checkpoint, map_location=device)
+        return network, network.mask_id, False
     from .train import load_model
 
     model = load_model(args.checkpoint, map_location=device)
@@ -92,7 +98,8 @@ def _sampler(args: argparse.Namespace, network: Callable, mask_id: int, causal: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mdm-ext sample``."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="checkpoint.pt of mdm-ext train (default: a Markov oracle)")
+    source.add_argument("--checkpoint", help="checkpoint.pt of mdm-ext train, or an MDLM checkpoint: a Hugging "
+                        "Face folder such as kuleshov-group/mdlm-owt's, or a Lightning .ckpt (default: a Markov oracle)")
     source.add_argument("--markov", type=int, default=64, metavar="K",
                         help="sample the exact oracle of MarkovLanguage.random(K) (default 64)")
     parser.add_argument("--language-seed", type=int, default=0)
