@@ -39,7 +39,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import metrics, ops, reference, sample, schedules
+from . import metrics, ops, paper, reference, sample, schedules
 from .data import TokenDataset, write_tokens
 from .files import write_atomic
 from .language import MarkovLanguage
@@ -680,14 +680,42 @@ def write(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
 
 
 # Command line.
+class _Unset:
+    """The default of an option that means another thing with ``--checkpoint``: its value on the
+    synthetic language, kept apart from a value given on the command line."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def add_arguments(parser: argparse.ArgumentParser, preset: ReproduceConfig) -> None:
-    """Every ReproduceConfig field as an option, defaulting to ``preset``'s value."""
+    """Every ReproduceConfig field as an option, defaulting to ``preset``'s value; the full
+    reproduction also takes a released checkpoint (:mod:`mdm_ext.paper`)."""
     add_options(parser, ReproduceConfig, preset)
+    if preset is FULL:
+        paper.add_arguments(parser)
+        parser.set_defaults(**{name: _Unset(getattr(preset, name)) for name in paper.SHARED})
+
+
+def config_from(args: argparse.Namespace) -> Union[ReproduceConfig, paper.PaperConfig]:
+    """The run the options describe: the paper's protocol on ``--checkpoint`` when given, else
+    the synthetic reproduction."""
+    unset = {name for name in paper.SHARED if isinstance(getattr(args, name, None), _Unset)}
+    if getattr(args, "checkpoint", None) is not None:
+        return paper.config_from(args, {name: getattr(args, name) for name in paper.SHARED if name not in unset})
+    values = argparse.Namespace(**{**vars(args), **{name: getattr(args, name).value for name in unset}})
+    return from_options(ReproduceConfig, values)
 
 
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files."""
-    config = from_options(ReproduceConfig, args)
+    config = config_from(args)
+    if isinstance(config, paper.PaperConfig):
+        paper.run(config)
+        return
     results = reproduce(config)
     paths = write(results, config.out)
     print(markdown(results))

@@ -1,15 +1,14 @@
 """MDLM's DiT: the released checkpoint's parameter names and shapes load into it, its two file
 formats round-trip, it samples as a denoiser and through ``mdm-ext sample --checkpoint``."""
-import json
 import math
 import pathlib
 import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from mdm_ext import cli, dit, sample
+from offline_models import random_dit, save_hf
 from mdm_ext.dit import DiT, DiTConfig, load_mdlm
 
 # kuleshov-group/mdlm-owt as published: config.json {"vocab_size": 50258, "model_length": 1024,
@@ -47,26 +46,6 @@ def test_the_released_checkpoints_names_and_shapes_load():
     assert [(name, tuple(p.shape)) for name, p in model.named_parameters()] == OWT_PARAMETERS
     model.load_state_dict(weights, strict=True, assign=True)
     assert dit.config_dict(model) == OWT_CONFIG
-
-
-def random_dit(**overrides) -> DiT:
-    """A small DiT with every weight random (MDLM's initialisation zeroes the adaLN maps)."""
-    torch.manual_seed(0)
-    config = DiTConfig(**{**dict(vocab_size=23, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4, length=16),
-                          **overrides})
-    model = DiT(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0, 0.3)
-    return model
-
-
-def save_hf(model: DiT, folder: pathlib.Path) -> pathlib.Path:
-    """The layout of kuleshov-group/mdlm-owt: config.json and model.safetensors of backbone.*."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dit.config_dict(model)))
-    save_file({f"backbone.{k}": v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    return folder
 
 
 class ConfigNode:

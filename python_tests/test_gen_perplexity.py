@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from evaluators import tiny_gpt2, word_tokenizer
+from offline_models import tiny_gpt2, word_tokenizer
 from mdm_ext.metrics import gen_perplexity, load_evaluator
 
 TOKENIZER = word_tokenizer()

@@ -1,11 +1,14 @@
-"""A tiny offline evaluator for the tests: a random GPT-2 and a word-level tokenizer built here,
-nothing downloaded."""
+"""Tiny offline models for the tests, nothing downloaded: a random GPT-2 evaluator, a word-level
+tokenizer built here, and a random DiT written in MDLM's Hugging Face layout."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mdm_ext import dit
 
 WORDS = [f"w{i}" for i in range(10)]
 EOS, BOS, UNK = "<eos>", "<bos>", "<unk>"
@@ -39,4 +42,26 @@ def save_evaluator(folder: Path, n_positions: int = 64, extra_words: int = 0) ->
     tokenizer = word_tokenizer(extra_words)
     tiny_gpt2(len(tokenizer), n_positions).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def random_dit(**overrides: Any) -> dit.DiT:
+    """A small DiT with every weight random (MDLM's initialisation zeroes the adaLN maps)."""
+    torch.manual_seed(0)
+    config = dit.DiTConfig(**{**dict(vocab_size=23, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4, length=16),
+                              **overrides})
+    model = dit.DiT(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.3)
+    return model
+
+
+def save_hf(model: dit.DiT, folder: Path) -> Path:
+    """The layout of kuleshov-group/mdlm-owt: config.json and model.safetensors of backbone.*."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dit.config_dict(model)))
+    save_file({f"backbone.{k}": v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     return folder
