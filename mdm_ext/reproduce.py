@@ -574,9 +574,10 @@ def add_arguments(parser: argparse.ArgumentParser, preset: ReproduceConfig) -> N
 
 
 def run(args: argparse.Namespace) -> None:
-    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files."""
+    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files (the
+    report is printed first, so that a failed write loses no result)."""
     config = from_options(ReproduceConfig, args)
     results = reproduce(config)
+    print(markdown(results), flush=True)
     paths = write(results, config.out)
-    print(markdown(results))
     print(f"wrote {', '.join(str(path) for path in paths)}")
