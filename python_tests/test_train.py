@@ -214,6 +214,7 @@ def test_generated_data_is_written_once(tmp_path, monkeypatch):
     assert np.array_equal(training._markov_tokens(path, language, chains=2, seed=1).tokens, drawn)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_stay_identical(data, tmp_path):
     config = tiny_config(steps=4, checkpoint_every=2, eval_every=2, dropout=0.1, out=str(tmp_path))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
