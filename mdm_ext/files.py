@@ -68,11 +68,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: Optional[str] = None) -> list[Path]:
     """Removes the temporary files that killed atomic writes left in ``folder``: those of the
-    file ``name``, or with ``name=None`` those of every file in ``folder`` and its subfolders.
-    Only files of processes of this machine that no longer run are touched. Returns them."""
+    file ``name``, or with ``name=None`` those of every file in ``folder`` and in its folders
+    (one level down: a run's data folder, not a whole tree an --out may hold). Only files of
+    processes of this machine that no longer run are touched. Returns them."""
     folder = Path(folder)
-    pattern = f".{glob.escape(name)}.*.tmp" if name is not None else ".*.tmp"
-    candidates = folder.glob(pattern) if name is not None else folder.rglob(pattern)
+    patterns = [f".{glob.escape(name)}.*.tmp"] if name is not None else [".*.tmp", "*/.*.tmp"]
+    candidates = [path for pattern in patterns for path in sorted(folder.glob(pattern))]
     removed = []
     for candidate in candidates:
         parts = candidate.name.rsplit(".", 3)  # [.NAME.HOST, PID, RANDOM, tmp]

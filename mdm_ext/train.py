@@ -209,6 +209,7 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and rank == 0), desc="train")
     losses: list[torch.Tensor] = []
     saved = start if checkpoint is not None and checkpoint.exists() else None  # the step on disk
+    checked = 0  # losses[:checked] are known to be finite
 
     def evaluate(step: int) -> None:
         record = {"step": step, "loss": _evaluate(model, eval_windows, config, mask_id)}
@@ -246,7 +247,8 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
             evaluating = done % config.eval_every == 0 or done == config.steps
             saving = checkpoint is not None and (done % config.checkpoint_every == 0 or done == stop)
             if evaluating or saving:  # on every rank, so that all of them stop together
-                _check_finite(model, losses, start, done, checkpoint, saved, config)
+                _check_finite(model, losses[checked:], start + checked + 1, done, checkpoint, saved, config)
+                checked = len(losses)
             if rank == 0 and evaluating:
                 evaluate(done)
             if rank == 0 and saving:
@@ -261,10 +263,10 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
         eval_history=eval_history, checkpoint=checkpoint, rank=rank)
 
 
-def _check_finite(model: Transformer, losses: list[torch.Tensor], start: int, done: int,
+def _check_finite(model: Transformer, losses: list[torch.Tensor], first_step: int, done: int,
                   checkpoint: Optional[Path], saved: Optional[int], config: TrainConfig) -> None:
-    """Raises TrainingDiverged unless every loss so far and every weight is finite, on every
-    rank (one read of the device, one all-reduce)."""
+    """Raises TrainingDiverged, on every rank, unless the losses of steps first_step..done and
+    every weight are finite (one read of the device, one all-reduce)."""
     finite_losses = torch.isfinite(torch.stack(losses))
     finite_weights = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     healthy = torch.stack([finite_losses.all(), finite_weights]).to(torch.int32)
@@ -275,7 +277,7 @@ def _check_finite(model: Transformer, losses: list[torch.Tensor], start: int, do
         return
     if not finite_losses.all():
         first = int((~finite_losses).nonzero()[0])
-        cause = f"the training loss is {losses[first].item()} at step {start + first + 1}"
+        cause = f"the training loss is {losses[first].item()} at step {first_step + first}"
     elif not losses_finite:
         cause = "another rank's training loss is not finite"
     else:
