@@ -19,7 +19,9 @@ import torch.distributed as dist
 from . import sample
 from .files import save_atomic
 from .language import MarkovLanguage
+from .options import at_least, existing_file, real_in
 from .processes import process_device, process_group
+from .schedules import SCHEDULES
 
 SAMPLERS = ("first_hitting", "ancestral", "confidence", "autoregressive")
 
@@ -74,6 +76,9 @@ def _network(args: argparse.Namespace, device: torch.device) -> tuple[Callable, 
     from .train import load_model
 
     model = load_model(args.checkpoint, map_location=device)
+    if args.length > model.config.max_len:
+        raise ValueError(f"length must be at most the checkpoint's max_len = {model.config.max_len}, "
+                         f"got {args.length}")
     return model, model.config.vocab_size - 1, model.config.causal
 
 
@@ -95,28 +100,38 @@ def _sampler(args: argparse.Namespace, network: Callable, mask_id: int, causal: 
     return lambda size, seed: sampler(network, batch_size=size, seed=seed, **common, **options)
 
 
+def checkpoint_path(text: str) -> str:
+    """The type of --checkpoint: an existing file, or a Hugging Face folder (with its config.json)."""
+    if Path(text).is_dir():
+        if not (Path(text) / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder without a config.json, not a checkpoint")
+        return text
+    return existing_file(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mdm-ext sample``."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="checkpoint.pt of mdm-ext train, or an MDLM checkpoint: a Hugging "
-                        "Face folder such as kuleshov-group/mdlm-owt's, or a Lightning .ckpt (default: a Markov oracle)")
-    source.add_argument("--markov", type=int, default=64, metavar="K",
+    source.add_argument("--checkpoint", type=checkpoint_path,
+                        help="checkpoint.pt of mdm-ext train, or an MDLM checkpoint: a Hugging Face folder such as "
+                        "kuleshov-group/mdlm-owt's, or a Lightning .ckpt (default: a Markov oracle)")
+    source.add_argument("--markov", type=at_least(2), default=64, metavar="K",
                         help="sample the exact oracle of MarkovLanguage.random(K) (default 64)")
-    parser.add_argument("--language-seed", type=int, default=0)
+    parser.add_argument("--language-seed", type=at_least(0), default=0)
     parser.add_argument("--sampler", choices=SAMPLERS, default="first_hitting")
-    parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1000, help="ancestral / confidence steps")
-    parser.add_argument("--schedule", default="loglinear", help="ancestral schedule")
-    parser.add_argument("--tokens-per-step", type=int, default=1, help="first-hitting tokens per call")
+    parser.add_argument("--num-samples", type=at_least(1), default=64)
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--length", type=at_least(1), default=128)
+    parser.add_argument("--steps", type=at_least(1), default=1000, help="ancestral / confidence steps")
+    parser.add_argument("--schedule", default="loglinear", choices=SCHEDULES, help="ancestral schedule")
+    parser.add_argument("--tokens-per-step", type=at_least(1), default=1, help="first-hitting tokens per call")
     parser.add_argument("--order", default="1", choices=("1", "2", "pc"), help="first-hitting order")
-    parser.add_argument("--block-length", type=int, default=None, help="confidence decoding block")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--block-length", type=at_least(1), default=None, help="confidence decoding block")
+    parser.add_argument("--temperature", type=real_in(0), default=1.0)
+    parser.add_argument("--top-p", type=real_in(0, 1, low_open=True), default=None)
+    parser.add_argument("--top-k", type=at_least(1), default=None)
     parser.add_argument("--legacy-float32", action="store_true", help="the biased float32 recipe (study only)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--device", default="auto", help="auto: this rank's GPU if any, else cpu")
     parser.add_argument("--out", default="mdm_ext_out/samples.pt")
     parser.add_argument("--progress", action="store_true", help="print a line per finished batch")

@@ -32,7 +32,7 @@ import torch
 from . import metrics, sample
 from .dit import is_mdlm_checkpoint, load_mdlm
 from .files import write_atomic
-from .generate import batch_seed
+from .generate import batch_seed, checkpoint_path
 from .options import add_options, check_config, option
 from .processes import process_device
 
@@ -85,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "the paper's Table 2 on a released checkpoint (with --checkpoint; --steps then defaults to "
         f"{' '.join(map(str, PAPER_STEPS))}, --samples to {SHARED['samples']}, --length to the checkpoint's)")
-    for name in ("checkpoint", "tokenizer"):  # options without a default value
-        group.add_argument(f"--{name}", help=PaperConfig.__dataclass_fields__[name].metadata["help"])
+    for name, kind in (("checkpoint", checkpoint_path), ("tokenizer", str)):  # options without a default value
+        group.add_argument(f"--{name}", type=kind, help=PaperConfig.__dataclass_fields__[name].metadata["help"])
     add_options(group, PaperConfig, skip=("checkpoint", "tokenizer", *SHARED, "seed", "device", "out", "progress"))
 
 
@@ -193,6 +193,6 @@ def config_from(args: argparse.Namespace, given: dict[str, Any]) -> PaperConfig:
 def run(config: PaperConfig) -> None:
     """Run, print the table, write the files."""
     results = paper_table(config)
+    print(markdown(results), flush=True)  # first, so that a failed write loses no result
     paths = write(results, config.out)
-    print(markdown(results))
     print(f"wrote {', '.join(str(path) for path in paths)}")

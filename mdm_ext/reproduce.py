@@ -715,12 +715,13 @@ def config_from(args: argparse.Namespace) -> Union[ReproduceConfig, paper.PaperC
 
 
 def run(args: argparse.Namespace) -> None:
-    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files."""
+    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files (the
+    report is printed first, so that a failed write loses no result)."""
     config = config_from(args)
     if isinstance(config, paper.PaperConfig):
         paper.run(config)
         return
     results = reproduce(config)
+    print(markdown(results), flush=True)
     paths = write(results, config.out)
-    print(markdown(results))
     print(f"wrote {', '.join(str(path) for path in paths)}")

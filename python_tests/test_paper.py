@@ -24,18 +24,24 @@ def parse(argv):
     return reproduce.config_from(parser.parse_args(argv))
 
 
-def test_checkpoint_options_have_the_protocols_defaults():
-    config = parse(["--checkpoint", "m", "--evaluator", "e"])
+def test_checkpoint_options_have_the_protocols_defaults(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a Hugging Face folder, as far as the options see
+    m = str(tmp_path)
+    config = parse(["--checkpoint", m, "--evaluator", "e"])
     assert isinstance(config, paper.PaperConfig)
     assert (config.steps, config.samples, config.length) == (paper.PAPER_STEPS, 256, None)
     assert (config.eos_rule, config.first_hitting, config.evaluator) == ("mdlm", True, "e")
-    given = parse(["--checkpoint", "m", "--steps", "8", "--samples", "3", "--length", "16"])
+    given = parse(["--checkpoint", m, "--steps", "8", "--samples", "3", "--length", "16"])
     assert (given.steps, given.samples, given.length) == ((8,), 3, 16)
     # without --checkpoint the shared options keep the synthetic reproduction's values
     assert parse([]) == reproduce.FULL
     assert parse(["--steps", "8"]).steps == (8,)
     with pytest.raises(ValueError, match="samples"):
-        parse(["--checkpoint", "m", "--samples", "0"])
+        parse(["--checkpoint", m, "--samples", "0"])
+    for path in (tmp_path / "missing", tmp_path / "folder"):  # argparse refuses them
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit):
+            parse(["--checkpoint", str(path)])
 
 
 def test_runs_at_toy_size(files, tmp_path, capsys):
