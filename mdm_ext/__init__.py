@@ -19,8 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "ops", "reference", "schedules", "denoiser", "sample", "loss", "models", "data", "train",
-    "language", "metrics", "reproduce", "cli", "sampling", "hf",
+    "ops", "reference", "schedules", "denoiser", "sample", "sampling", "hf", "loss", "models", "dit", "data",
+    "train", "language", "metrics", "reproduce", "cli",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .files import write_atomic
+from .files import UnusableFile, write_atomic
 
 TOKEN_DTYPES = ("uint16", "uint32", "int32", "int64")
 
@@ -57,7 +57,8 @@ def write_tokens(path: str | os.PathLike, ids: Iterable[int] | np.ndarray | torc
     """Write ``ids`` as a flat token file and return the dtype used (the reader needs it).
 
     ``dtype`` defaults to the smallest unsigned type that holds the largest id. The file appears
-    atomically (temporary file, then rename), so a reader never sees half of it.
+    atomically (temporary file, then rename), so a reader never sees half of it. A file that
+    holds these ids already is left as it is: a rerun writes nothing (and needs no free space).
     """
     ids = np.asarray(ids.cpu().numpy() if isinstance(ids, torch.Tensor) else ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
@@ -66,8 +67,16 @@ def write_tokens(path: str | os.PathLike, ids: Iterable[int] | np.ndarray | torc
     dtype = _checked_dtype(token_dtype(int(ids.max()) + 1) if dtype is None else dtype)
     if ids.min() < np.iinfo(dtype).min or ids.max() > np.iinfo(dtype).max:
         raise ValueError(f"ids in [{ids.min()}, {ids.max()}] do not fit dtype {dtype.name}")
-    write_atomic(path, lambda file: file.write(ids.astype(dtype).tobytes()))
+    if not _holds(Path(path), ids, dtype):
+        write_atomic(path, lambda file: file.write(ids.astype(dtype).tobytes()))
     return dtype
+
+
+def _holds(path: Path, ids: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether the file ``path`` holds exactly ``ids`` as ``dtype``."""
+    if not path.is_file() or path.stat().st_size != ids.size * dtype.itemsize:
+        return False
+    return bool(np.array_equal(np.memmap(path, dtype=dtype, mode="r"), ids))
 
 
 def _checked_dtype(dtype: str | np.dtype) -> np.dtype:
@@ -87,8 +96,8 @@ class TokenDataset:
         dtype = _checked_dtype(dtype)
         n_bytes = self.path.stat().st_size
         if n_bytes == 0 or n_bytes % dtype.itemsize != 0:
-            raise ValueError(f"path {self.path} holds {n_bytes} bytes, not a positive whole "
-                             f"number of {dtype.name} tokens")
+            raise UnusableFile(self.path, f"holds {n_bytes} bytes, not a positive whole number of "
+                                          f"{dtype.name} tokens")
         self.tokens = np.memmap(self.path, dtype=dtype, mode="r")
 
     @classmethod
@@ -127,5 +136,5 @@ class TokenDataset:
         starts = bit_generator.random_raw(batch_size) % n_starts
         windows = self.tokens[starts.astype(np.int64)[:, None] + np.arange(length)]
         if self.vocab_size is not None and (windows.min() < 0 or windows.max() >= self.vocab_size):
-            raise ValueError(f"{self.path} holds ids outside [0, vocab_size = {self.vocab_size})")
+            raise UnusableFile(self.path, f"holds ids outside [0, vocab_size = {self.vocab_size})")
         return torch.from_numpy(windows.astype(np.int64))

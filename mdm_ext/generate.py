@@ -20,7 +20,7 @@ import torch.distributed as dist
 from . import sample
 from .files import save_atomic
 from .language import MarkovLanguage
-from .options import add_options
+from .options import add_options, at_least, existing_file
 from .processes import process_device, process_group
 from .sampling.first_hitting import ORDERS
 from .sampling.options import PYTHON_ONLY, SamplingOptions, from_arguments
@@ -65,14 +65,23 @@ def assemble(results: dict[int, sample.SampleResult]) -> dict[str, torch.Tensor]
 
 
 def _network(args: argparse.Namespace, device: torch.device) -> tuple[Callable, int, bool]:
-    """(denoiser, mask id, causal) of the command line: a checkpoint of ``mdm-ext train`` or
-    the exact oracle of a Markov language."""
+    """(denoiser, mask id, causal) of the command line: a checkpoint of ``mdm-ext train``, an
+    MDLM checkpoint (Hugging Face folder or Lightning .ckpt) or the exact oracle of a Markov
+    language."""
     if args.checkpoint is None:
         language = MarkovLanguage.random(args.markov, seed=args.language_seed)
         return language, language.mask_id, False
+    from .dit import is_mdlm_checkpoint, load_mdlm
+
+    if is_mdlm_checkpoint(args.checkpoint):
+        network = load_mdlm(args.checkpoint, map_location=device)
+        return network, network.mask_id, False
     from .train import load_model
 
     model = load_model(args.checkpoint, map_location=device)
+    if args.length > model.config.max_len:
+        raise ValueError(f"length must be at most the checkpoint's max_len = {model.config.max_len}, "
+                         f"got {args.length}")
     return model, model.config.vocab_size - 1, model.config.causal
 
 
@@ -94,24 +103,35 @@ def _sampler(args: argparse.Namespace, network: Callable, mask_id: int, causal: 
                                       options=dataclasses.replace(options, seed=seed), **strategy)
 
 
+def checkpoint_path(text: str) -> str:
+    """The type of --checkpoint: an existing file, or a Hugging Face folder (with its config.json)."""
+    if Path(text).is_dir():
+        if not (Path(text) / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder without a config.json, not a checkpoint")
+        return text
+    return existing_file(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mdm-ext sample``."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="checkpoint.pt of mdm-ext train (default: a Markov oracle)")
-    source.add_argument("--markov", type=int, default=64, metavar="K",
+    source.add_argument("--checkpoint", type=checkpoint_path,
+                        help="checkpoint.pt of mdm-ext train, or an MDLM checkpoint: a Hugging Face folder such as "
+                        "kuleshov-group/mdlm-owt's, or a Lightning .ckpt (default: a Markov oracle)")
+    source.add_argument("--markov", type=at_least(2), default=64, metavar="K",
                         help="sample the exact oracle of MarkovLanguage.random(K) (default 64)")
-    parser.add_argument("--language-seed", type=int, default=0)
+    parser.add_argument("--language-seed", type=at_least(0), default=0)
     parser.add_argument("--sampler", choices=SAMPLERS, default="first_hitting")
-    parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1000, help="ancestral / confidence steps")
+    parser.add_argument("--num-samples", type=at_least(1), default=64)
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--length", type=at_least(1), default=128)
+    parser.add_argument("--steps", type=at_least(1), default=1000, help="ancestral / confidence steps")
     parser.add_argument("--schedule", default="loglinear", choices=SCHEDULES, help="ancestral schedule")
-    parser.add_argument("--tokens-per-step", type=int, default=1, help="first-hitting tokens per call")
+    parser.add_argument("--tokens-per-step", type=at_least(1), default=1, help="first-hitting tokens per call")
     parser.add_argument("--order", default="first", choices=(*ORDERS, "1", "2", "pc"), help="first-hitting order")
-    parser.add_argument("--block-length", type=int, default=None, help="confidence decoding block")
+    parser.add_argument("--block-length", type=at_least(1), default=None, help="confidence decoding block")
     add_options(parser, SamplingOptions, skip=PYTHON_ONLY)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--device", default="auto", help="auto: this rank's GPU if any, else cpu")
     parser.add_argument("--out", default="mdm_ext_out/samples.pt")
     parser.add_argument("--progress", action="store_true", help="print a line per finished batch")

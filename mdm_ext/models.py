@@ -5,6 +5,9 @@ Pre-LayerNorm blocks (attention + GELU MLP) with rotary position embeddings and 
 a masked diffusion model reads the noise level off the mask tokens themselves. With
 ``causal=True`` the same network is the autoregressive baseline (logits at position i predict
 token i + 1), so both model families are compared with identical architectures and sizes.
+
+MDLM's diffusion transformer, the network of the paper's own experiments, is in
+:mod:`mdm_ext.dit` (``DiT``, ``load_mdlm`` for its released checkpoints).
 """
 from __future__ import annotations
 

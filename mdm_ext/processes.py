@@ -14,13 +14,19 @@ def process_device(name: str = "auto") -> torch.device:
 
     "auto": this rank's GPU, cuda:LOCAL_RANK, when every process of the node has one, else the
     CPU for all of them (so that ranks never mix NCCL and gloo). "cuda" without an index means
-    cuda:LOCAL_RANK. Raises ValueError for a GPU this machine does not have.
+    cuda:LOCAL_RANK. Raises ValueError for another kind of device or a GPU this machine does
+    not have.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         name = "cuda" if torch.cuda.is_available() and processes_here <= torch.cuda.device_count() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)

@@ -138,8 +138,10 @@ def legacy_float32_probs(probs: Tensor) -> Tensor:
     Hence P(class c) = sum_k [((k+1)/N)^m_c - (k/N)^m_c] prod_{d != c} (#{...} / N)^m_d, shared
     equally by its tokens. Exact up to float32 ties between scores of unequal probabilities
     (argmax then takes the first index), whose effect is of relative order 2^-24.
+    The class of the largest total mass gets what the others leave (its own sums would span the
+    whole grid: its rivals are all less likely).
     Cost: up to one 2^24-point search per pair of distinct probability values (less for very
-    unequal ones).
+    unequal ones), the largest class's pairs excepted.
     """
     p = probs.detach().cpu().float().double()
     if p.dim() != 1 or not bool((p >= 0).all()) or not bool((p > 0).any()):
@@ -150,8 +152,9 @@ def legacy_float32_probs(probs: Tensor) -> Tensor:
     ascending = denominators.flip(0).contiguous()
     grid = FLOAT32_UNIFORM_GRID
     class_mass = torch.zeros(len(values), dtype=torch.float64)
+    largest = int((values * sizes).argmax())
     for c in range(len(values)):
-        if values[c] == 0:
+        if values[c] == 0 or c == largest:
             continue
         rivals = [d for d in range(len(values)) if d != c and values[d] > 0]
         ratios = [float(values[d] / values[c]) for d in rivals]
@@ -163,6 +166,7 @@ def legacy_float32_probs(probs: Tensor) -> Tensor:
             below = _count_above(denominators, ascending, denominators[start:] * ratio)
             weight *= (below.double() / grid).pow(int(sizes[d]))
         class_mass[c] = weight.sum()
+    class_mass[largest] = 1 - class_mass.sum()
     return class_mass[class_of] / sizes[class_of]
 
 

@@ -9,9 +9,10 @@ the same truth.
 1. precision: the ancestral sampler over N steps with the float32 Gumbel recipe and with float64
    sampling, and the exact first-hitting sampler; then one ancestral step's categorical drawn
    many times, against the exact distribution of the float32 recipe
-   (``reference.legacy_float32_probs``, the paper's Prop. 5.2).
-2. first-hitting: exact (one token per call, NFE = L) against parallel (k tokens per call) and
-   high-order variants: a quality/cost curve.
+   (``reference.legacy_float32_probs``) and the paper's truncated-Gumbel model of it (Prop. 5.2,
+   ``precision.truncated_gumbel_probs``); the effective temperature of both at every N.
+2. first-hitting: exact (one token per call, NFE = L) against parallel (k tokens per call),
+   second-order and predictor-corrector variants at equal NFE: a quality/cost curve.
 3. speed: wall time and NFE of the ancestral runs against exact first-hitting on as many sequences.
 4. training: a masked diffusion model and its autoregressive baseline, same data, backbone and
    budget: held-out NLL, and the gen NLL and entropy of their samples.
@@ -30,7 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -38,13 +39,14 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import metrics, ops, reference, sample, schedules
+from . import metrics, ops, paper, reference, sample, schedules
 from .data import TokenDataset, write_tokens
 from .files import write_atomic
 from .language import MarkovLanguage
 from .loss import autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS
 from .options import add_options, check_config, from_options, option
+from .precision import FLOAT32_GUMBEL_CAP, effective_temperature, truncated_gumbel_probs
 from .train import MARKOV_CHAIN_LENGTH, TrainConfig, train
 
 # The float32 recipe's uniforms lie on the grid k / 2^24: a token whose probability in the
@@ -55,6 +57,8 @@ REFERENCE_SAMPLES = 4096
 # Draws of the time-agnostic bound per held-out sequence.
 ELBO_REPEATS = 8
 SCHEDULE = "loglinear"  # the ancestral sampler's default, MDLM's schedule
+# The level of the one-step check's binomial tests: float32 is "separated from the truth" below it.
+SIGNIFICANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,13 @@ class ReproduceConfig:
     tail_mass: float = option(0.05, "probability that a token is followed by a uniformly random one")
     length: int = option(32, "sequence length L")
     samples: int = option(64, "sequences per first-hitting, autoregressive and held-out evaluation")
+    first_hitting_samples: int = option(2048, "sequences per variant of the equal-NFE first-hitting comparison")
     ancestral_samples: int = option(24, "sequences per ancestral run, whose cost grows with its steps")
     steps: tuple[int, ...] = option((16, 64, 256, 1024, 4096, 16384), "step counts N of ancestral sampling")
     parallel: tuple[int, ...] = option((2, 4, 8), "tokens per call of the parallel first-hitting runs")
     bias_vocab: int = option(50257, "vocabulary of the one-step bias check (GPT-2's)")
-    bias_draws: int = option(8000, "draws of the one-step bias check; 0 skips it")
+    bias_draws: int = option(40000, "draws of the one-step bias check; 0 skips it")
+    bias_onsets: float = option(3.0, "N of the one-step bias check, in multiples of its vocabulary's onset")
     train_steps: int = option(300, "optimizer steps of each trained model; 0 skips training")
     train_batch: int = option(32, "training sequences per step")
     train_lr: float = option(3e-3, "peak learning rate")
@@ -83,8 +89,8 @@ class ReproduceConfig:
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
-        positive = ("vocab", "common", "successors", "length", "samples", "ancestral_samples", "bias_vocab",
-                    "train_batch")
+        positive = ("vocab", "common", "successors", "length", "samples", "ancestral_samples",
+                    "first_hitting_samples", "bias_vocab", "train_batch")
         rules = (
             *((name, getattr(self, name) >= 1, ">= 1") for name in positive),
             ("common", self.common <= self.vocab, f"<= vocab = {self.vocab}"),
@@ -93,20 +99,23 @@ class ReproduceConfig:
             ("length", self.length >= 2, ">= 2"),
             ("tail_mass", 0 < self.tail_mass <= 1, "in (0, 1]"),
             ("steps", len(self.steps) > 0 and min(self.steps) >= 1, "a non-empty list of ints >= 1"),
-            ("parallel", all(k >= 2 for k in self.parallel), "a list of ints >= 2"),
+            ("parallel", all(2 <= k and 2 * k <= self.length for k in self.parallel),
+             f"a list of ints k >= 2 with 2 k <= length = {self.length}"),
+            ("bias_onsets", self.bias_onsets > 0, "> 0"),
             *((name, getattr(self, name) >= 0, ">= 0") for name in ("bias_draws", "train_steps", "seed")),
             ("train_lr", self.train_lr > 0, "> 0"),
         )
         check_config(self, rules)
 
 
-# About 100 s on 2 CPU cores, most of it in the ancestral runs at the largest N, which
-# passes the onset of the float32 bias, tail_mass * 2^24 / K = 3290 steps (onset_steps), 5 times.
+# About 90 s on 2 CPU cores, most of it in the ancestral runs at the largest N, which passes the
+# onset of the float32 bias, tail_mass * 2^24 / K = 3290 steps (onset_steps), 5 times; then the
+# training runs and the one-step check's 40000 draws of 50258 tokens in each precision.
 DEMO = ReproduceConfig()
-# The paper's scale of steps, for a GPU: L = 256, N up to 65536, 10^5 one-step draws.
-FULL = ReproduceConfig(vocab=1023, length=256, samples=256, ancestral_samples=32,
+# The paper's scale of steps, for a GPU: L = 256, N up to 65536, 4 10^5 one-step draws.
+FULL = ReproduceConfig(vocab=1023, length=256, samples=256, ancestral_samples=32, first_hitting_samples=8192,
                        steps=(64, 256, 1024, 4096, 16384, 65536), parallel=(2, 4, 8, 16, 32),
-                       bias_draws=100_000, train_steps=5000, train_batch=64, train_lr=1e-3,
+                       bias_draws=400_000, train_steps=5000, train_batch=64, train_lr=1e-3,
                        model="small", device="auto", out="mdm_ext_out/reproduce")
 
 
@@ -214,62 +223,123 @@ def _precision(legacy: bool) -> str:
     return "float32" if legacy else "float64"
 
 
-def token_bias(config: ReproduceConfig, device: torch.device) -> dict[str, Any]:
-    """Experiment 1, one step: the first ancestral step's categorical over a sparse row of
-    ``bias_vocab`` tokens, drawn ``bias_draws`` times with the float32 recipe and in float64.
+def step_row(vocab: int, successors: int, tail_mass: float, steps: int) -> tuple[Tensor, Tensor]:
+    """The first ancestral step's categorical at N = ``steps`` over a row of the language's shape.
 
-    The row has the language's shape (``successors`` likely tokens, a tail of mass
-    ``tail_mass``); each token keeps p (alpha_s - alpha_t) / (1 - alpha_t) and the mask the
-    rest. N is the onset of the bias for this vocabulary (:func:`onset_steps`), where a tail token
-    sits at the float32 noise floor: the measured frequency of each class (likely, tail, mask)
-    is set against the exact distribution of the recipe and against the true probability.
+    Returns probs: [vocab + 1] float64 and classes: [vocab + 1] (0: likely, 1: tail, 2: mask):
+    ``successors`` likely tokens of probability (1 - tail_mass) / successors + tail_mass / vocab,
+    the others tail_mass / vocab, each scaled by (alpha_s - alpha_t) / (1 - alpha_t); the mask
+    (id ``vocab``) keeps the rest.
     """
-    vocab, successors, tail_mass = config.bias_vocab, config.successors, config.tail_mass
-    steps = math.ceil(onset_steps(vocab, tail_mass))
     times = torch.tensor([1.0, 1.0 - 1.0 / steps], dtype=torch.float64)
     alpha_t, alpha_s = schedules.alpha(times, SCHEDULE).tolist()
     token_share = (alpha_s - alpha_t) / (1 - alpha_t)
     probs = torch.full((vocab + 1,), tail_mass / vocab * token_share, dtype=torch.float64)
     probs[:successors] += (1 - tail_mass) / successors * token_share
     probs[vocab] = (1 - alpha_s) / (1 - alpha_t)
-    classes = torch.full((vocab + 1,), 1, dtype=torch.long)  # 0: likely, 1: tail, 2: mask
+    classes = torch.full((vocab + 1,), 1, dtype=torch.long)
     classes[:successors], classes[vocab] = 0, 2
-    legacy_probs = reference.legacy_float32_probs(probs)
-    result = {"vocab": vocab, "steps": steps, "draws": config.bias_draws,
+    return probs, classes
+
+
+def _laws(probs: Tensor) -> dict[str, Tensor]:
+    """The float32 recipe's law on probs: exact (24-bit uniforms) and the paper's model."""
+    # the recipe reads float32 probabilities; the exact law rounds them alike, the model does too
+    return {"exact": reference.legacy_float32_probs(probs),
+            "model": truncated_gumbel_probs(probs.float().double())}
+
+
+def _temperatures(probs: Tensor, classes: Tensor, law: Tensor) -> dict[str, float]:
+    return {"tail": effective_temperature(probs, law, by="tail", tail=classes == 1),
+            "entropy": effective_temperature(probs, law, by="entropy")}
+
+
+def token_bias(config: ReproduceConfig, device: torch.device) -> dict[str, Any]:
+    """Experiment 1, one step: the first ancestral step's categorical over a row of
+    ``bias_vocab`` tokens (:func:`step_row`), drawn ``bias_draws`` times with the float32 recipe
+    and in float64.
+
+    N is ``bias_onsets`` times the onset of the bias for this vocabulary (:func:`onset_steps`),
+    past the point where a tail token sits at the float32 noise floor. The share of each class
+    (likely, tail, mask) is given as true, under the exact law of the recipe's 24-bit uniforms,
+    under the paper's continuous truncated-Gumbel model (Prop. 5.2), and as drawn; binomial
+    tests of the drawn tail shares, and the effective temperature of both laws.
+    """
+    vocab = config.bias_vocab
+    steps = math.ceil(config.bias_onsets * onset_steps(vocab, config.tail_mass))
+    probs, classes = step_row(vocab, config.successors, config.tail_mass, steps)
+    laws = _laws(probs)
+    draws = config.bias_draws
+    result = {"vocab": vocab, "steps": steps, "onsets": config.bias_onsets, "draws": draws,
+              "significance": SIGNIFICANCE,
               "classes": ["likely", "tail", "mask"], "true": _class_mass(probs, classes),
-              "float32_exact": _class_mass(legacy_probs, classes)}
+              **{f"float32_{name}": _class_mass(law, classes) for name, law in laws.items()},
+              "temperature": {name: _temperatures(probs, classes, law) for name, law in laws.items()}}
     for legacy in (True, False):
-        # the float32 recipe reads float32 probabilities; legacy_float32_probs rounds them alike
-        rows = (probs.float() if legacy else probs).to(device).expand(config.bias_draws, -1)
+        rows = (probs.float() if legacy else probs).to(device).expand(draws, -1)
         drawn = ops.categorical(rows, seed=_seed(config, 3), legacy_float32=legacy)
-        counts = torch.bincount(classes[drawn.cpu()], minlength=3).tolist()
-        result[f"{_precision(legacy)}_counts"] = counts
-        result[f"{_precision(legacy)}_tail_p_true"] = stats.binomtest(counts[1], config.bias_draws,
-                                                                      result["true"][1]).pvalue
-    result["float32_tail_p_exact"] = stats.binomtest(result["float32_counts"][1], config.bias_draws,
-                                                     result["float32_exact"][1]).pvalue
+        result[f"{_precision(legacy)}_counts"] = torch.bincount(classes[drawn.cpu()], minlength=3).tolist()
+    tail_p = {}
+    for drawn in ("float32", "float64"):
+        for against in ("true", "float32_exact", "float32_model"):
+            tail_p[f"{drawn}_vs_{against.removeprefix('float32_')}"] = stats.binomtest(
+                result[f"{drawn}_counts"][1], draws, result[against][1]).pvalue
+    result["tail_p"] = tail_p
     return result
+
+
+def float32_temperature(config: ReproduceConfig) -> list[dict[str, Any]]:
+    """Experiment 1, as a temperature: for each N of ``config.steps``, the first ancestral step
+    of a row of the language (:func:`step_row`), its tail share under the float32 recipe's exact
+    law and the truncated-Gumbel model, and the temperature T at which exact sampling matches
+    each law by tail mass and by entropy (T < 1: the recipe samples colder than the truth)."""
+    rows = []
+    for steps in config.steps:
+        probs, classes = step_row(config.vocab, config.successors, config.tail_mass, steps)
+        laws = _laws(probs)
+        tail = classes == 1
+        rows.append({"steps": steps, "tail_true": float(probs[tail].sum()),
+                     **{f"tail_{name}": float(law[tail].sum()) for name, law in laws.items()},
+                     "temperature": {name: _temperatures(probs, classes, law) for name, law in laws.items()}})
+    return rows
 
 
 def _class_mass(probs: Tensor, classes: Tensor) -> list[float]:
     return torch.zeros(3, dtype=torch.float64).index_add_(0, classes, probs.double()).tolist()
 
 
+def _variants(config: ReproduceConfig) -> list[tuple[int, Union[int, str]]]:
+    """(tokens per call, order) of experiment 2: exact, then at each NFE L / k of
+    ``config.parallel`` order 1 and order 2 with k tokens per call and predictor-corrector with
+    2k (its steps cost two calls), so that the variants of a level cost the same NFE."""
+    levels = [(k, 1) for k in config.parallel] + [(k, 2) for k in config.parallel]
+    levels += [(2 * k, "pc") for k in config.parallel]
+    return [(1, 1)] + sorted(levels, key=lambda variant: (variant[0] // (2 if variant[1] == "pc" else 1),
+                                                         str(variant[1])))
+
+
 def first_hitting_curve(language: MarkovLanguage, truth: Truth, config: ReproduceConfig,
                         device: torch.device, bar: tqdm) -> list[dict[str, Any]]:
-    """Experiment 2: exact first-hitting and, for each k of ``config.parallel``, k tokens per call
-    in first order, second order and predictor-corrector steps (float64)."""
-    variants = [(1, 1)] + [(k, order) for k in config.parallel for order in (1, 2, "pc")]
+    """Experiment 2: exact first-hitting against parallel, second-order and predictor-corrector
+    variants at equal NFE (:func:`_variants`), ``first_hitting_samples`` sequences each
+    (float64). Each row carries its excess gen NLL over the truth and, for the variants beside
+    order 1 at the same NFE, their difference to it with its standard error."""
     rows = []
-    for index, (k, order) in enumerate(variants):
+    for index, (k, order) in enumerate(_variants(config)):
         bar.set_postfix_str(f"first-hitting k={k} order={order}")
-        result = sample.first_hitting(language, batch_size=config.samples, length=config.length,
+        result = sample.first_hitting(language, batch_size=config.first_hitting_samples, length=config.length,
                                       mask_id=language.mask_id, tokens_per_step=k, order=order,
                                       seed=_seed(config, 4, index), progress=config.progress,
                                       device=device)
-        rows.append(_sampler_row(result, language, truth, sampler="first-hitting", tokens_per_step=k,
-                                 order=str(order)))
+        row = _sampler_row(result, language, truth, sampler="first-hitting", tokens_per_step=k, order=str(order))
+        row["excess"] = row["gen_nll"] - truth.nll
+        rows.append(row)
         bar.update()
+    for row in rows:
+        first_order = next(other for other in rows if other["nfe"] == row["nfe"] and other["order"] == "1")
+        if row is not first_order:
+            row["vs_order_1"] = row["gen_nll"] - first_order["gen_nll"]
+            row["vs_order_1_se"] = math.hypot(row["gen_nll_se"], first_order["gen_nll_se"])
     return rows
 
 
@@ -364,7 +434,7 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
     # untimed, so that no timed run pays for the oracle's tables of chain powers
     sample.first_hitting(language, batch_size=1, length=config.length, mask_id=language.mask_id, seed=0,
                          device=device)
-    runs = (2 * len(config.steps) + 2 + 1 + 3 * len(config.parallel) + 1
+    runs = (2 * len(config.steps) + 2 + len(_variants(config)) + 1
             + (4 if config.train_steps > 0 else 0))
     results: dict[str, Any] = {
         "config": asdict(config), "machine": machine(device),
@@ -378,6 +448,7 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
             ("first_hitting", lambda: first_hitting_curve(language, truth, config, device, bar)),
             ("speed", lambda: speed(language, results["precision"], config, device, bar)),
         ]
+        experiments.append(("temperature", lambda: float32_temperature(config)))
         if config.bias_draws > 0:
             experiments.append(("token_bias", lambda: token_bias(config, device)))
         if config.train_steps > 0:
@@ -405,6 +476,51 @@ def _quality(row: dict[str, Any]) -> list[str]:
             f"{row['unigram_entropy']:.3f} ± {_number(row['unigram_entropy_se'])}"]
 
 
+def _difference(row: dict[str, Any]) -> str:
+    """A variant's difference to order 1 at its NFE, marked unresolved within 3 standard errors."""
+    if "vs_order_1" not in row:
+        return ""
+    difference, se = row["vs_order_1"], row["vs_order_1_se"]
+    return f"{difference:+.3f} ± {se:.3f}" + ("" if abs(difference) > 3 * se else " (unresolved)")
+
+
+def _temperature_report(results: dict[str, Any]) -> list[str]:
+    language = results["language"]
+    return [
+        f"Effective temperature of the float32 recipe at the first step of each N (a row of the language: "
+        f"{language['successors']} likely successors, a tail of {language['vocab'] - language['successors']} "
+        f"tokens of mass {language['tail_mass']}): the tail's share of the step's categorical, true, under the "
+        "recipe's exact law (its uniforms on the 24-bit grid) and under the truncated-Gumbel model (a continuous "
+        f"Gumbel capped at {FLOAT32_GUMBEL_CAP:.2f}, the paper's Prop. 5.2), and the temperature T at which "
+        "exact sampling of softmax(log p / T) matches each law in tail mass and in entropy.",
+        _table(["N", "tail share true", "exact law", "model", "T by tail (exact)", "T by entropy (exact)",
+                "T by tail (model)", "T by entropy (model)"],
+               [[str(row["steps"]), f"{row['tail_true']:.3g}", f"{row['tail_exact']:.3g}", f"{row['tail_model']:.3g}",
+                 *(_number(row["temperature"][law][by], 4) for law in ("exact", "model") for by in ("tail", "entropy"))]
+                for row in results["temperature"]]),
+    ]
+
+
+def _bias_report(bias: dict[str, Any]) -> list[str]:
+    p, level = bias["tail_p"], bias["significance"]
+    separated = "separated" if p["float32_vs_true"] < level else "not separated"
+    return [
+        f"One ancestral step, the first of N = {bias['steps']} ({bias['onsets']:g} times this vocabulary's onset), over "
+        f"{bias['vocab']} tokens: share of each class in {bias['draws']} draws of each precision.",
+        _table(["class", "true", "float32 exact law (24-bit uniforms)", "truncated-Gumbel model (Prop. 5.2)",
+                "float32 drawn", "float64 drawn"],
+               [[name, f"{bias['true'][i]:.4g}", f"{bias['float32_exact'][i]:.4g}", f"{bias['float32_model'][i]:.4g}",
+                 f"{bias['float32_counts'][i] / bias['draws']:.4g}", f"{bias['float64_counts'][i] / bias['draws']:.4g}"]
+                for i, name in enumerate(bias["classes"])]),
+        f"Tail, binomial p-values: float32 draws against the truth {p['float32_vs_true']:.2g} ({separated} at "
+        f"{level:g}), against the exact law {p['float32_vs_exact']:.2g}, against the model "
+        f"{p['float32_vs_model']:.2g}; float64 draws against the truth {p['float64_vs_true']:.2g}. "
+        f"Effective temperature on this row: exact law {bias['temperature']['exact']['tail']:.3f} by tail mass, "
+        f"{bias['temperature']['exact']['entropy']:.3f} by entropy; model {bias['temperature']['model']['tail']:.3f} "
+        f"and {bias['temperature']['model']['entropy']:.3f}.",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report of :func:`reproduce`'s results as Markdown."""
     language, config, info = results["language"], results["config"], results["machine"]
@@ -430,24 +546,20 @@ def markdown(results: dict[str, Any]) -> str:
                [[row["sampler"], row["precision"], str(row["steps"] or ""), str(row["nfe"]), *_quality(row),
                  f"{row['seconds']:.2f}"] for row in results["precision"]]),
     ]
+    parts += _temperature_report(results)
     if "token_bias" in results:
-        bias = results["token_bias"]
-        parts += [
-            f"One ancestral step (the first of N = {bias['steps']}, this vocabulary's onset) over "
-            f"{bias['vocab']} tokens, {bias['draws']} draws: share of each class.",
-            _table(["class", "true", "float32 exact (Prop. 5.2)", "float32 drawn", "float64 drawn"],
-                   [[name, f"{bias['true'][i]:.3g}", f"{bias['float32_exact'][i]:.3g}",
-                     f"{bias['float32_counts'][i] / bias['draws']:.3g}",
-                     f"{bias['float64_counts'][i] / bias['draws']:.3g}"]
-                    for i, name in enumerate(bias["classes"])]),
-            f"Tail, binomial p-values: float32 draws against the exact float32 distribution "
-            f"{bias['float32_tail_p_exact']:.2g}, against the truth {bias['float32_tail_p_true']:.2g}; "
-            f"float64 draws against the truth {bias['float64_tail_p_true']:.2g}.",
-        ]
+        parts += _bias_report(results["token_bias"])
     parts += [
-        "## 2. First-hitting: exact, parallel and high-order (float64)",
-        _table(["tokens per call", "order", "NFE", "gen NLL", "z", "unigram entropy", "time (s)"],
-               [[str(row["tokens_per_step"]), row["order"], str(row["nfe"]), *_quality(row),
+        "## 2. First-hitting at equal cost (float64)",
+        f"{config['first_hitting_samples']} sequences per variant; rows of one NFE cost the same number of "
+        "network calls (a predictor-corrector step costs two, so it unmasks 2k tokens per step where "
+        "orders 1 and 2 unmask k). Excess: gen NLL minus the truth; vs order 1: the difference to order 1 "
+        "at the same NFE ± its standard error.",
+        _table(["NFE", "order", "tokens per step", "gen NLL", "excess", "vs order 1", "unigram entropy",
+                "time (s)"],
+               [[str(row["nfe"]), row["order"], str(row["tokens_per_step"]),
+                 f"{row['gen_nll']:.3f} ± {_number(row['gen_nll_se'])}", f"{row['excess']:+.3f}",
+                 _difference(row), f"{row['unigram_entropy']:.3f} ± {_number(row['unigram_entropy_se'])}",
                  f"{row['seconds']:.2f}"] for row in results["first_hitting"]]),
         f"## 3. Speed ({config['ancestral_samples']} sequences each)",
         _table(["sampler", "precision", "N", "NFE", "categorical rows", "time (s)", "time / first-hitting's"],
@@ -530,18 +642,22 @@ def _plot_speed(plt: Any, results: dict[str, Any]) -> Any:
 
 
 def _plot_first_hitting(plt: Any, results: dict[str, Any]) -> Any:
-    exact = _exact(results)
+    exact = next(row for row in results["first_hitting"] if row["tokens_per_step"] == 1)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for order in ("1", "2", "pc"):
-        rows = [row for row in results["first_hitting"] if row["order"] == order and row["tokens_per_step"] > 1]
-        ax.errorbar([row["nfe"] for row in rows], [row["gen_nll"] for row in rows],
-                    yerr=[row["gen_nll_se"] for row in rows], marker="o", capsize=3,
-                    label=f"parallel, order {order}")
+    # variants of one NFE side by side, a little apart, so that their error bars stay readable
+    for offset, (order, label) in zip((0.94, 1.0, 1.06), (("1", "order 1"), ("2", "order 2"),
+                                                          ("pc", "predictor-corrector"))):
+        rows = [row for row in results["first_hitting"] if row["order"] == order and row is not exact]
+        ax.errorbar([row["nfe"] * offset for row in rows], [row["gen_nll"] for row in rows],
+                    yerr=[row["gen_nll_se"] for row in rows], marker="o", capsize=3, label=label)
     ax.errorbar([exact["nfe"]], [exact["gen_nll"]], yerr=[exact["gen_nll_se"]], marker="*", markersize=12,
                 color="tab:red", label="exact (one token per call)")
     ax.axhline(results["language"]["nll"], color="black", label="exact samples")
     ax.set(xscale="log", xlabel="network calls (NFE)", ylabel="gen NLL (nats per token)",
-           title="first-hitting: quality against cost")
+           title=f"first-hitting at equal cost, {results['config']['first_hitting_samples']} sequences each")
+    levels = sorted({row["nfe"] for row in results["first_hitting"]})
+    ax.set_xticks(levels, [str(level) for level in levels])
+    ax.minorticks_off()
     ax.legend(fontsize=8)
     return fig
 
@@ -568,15 +684,44 @@ def write(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
 
 
 # Command line.
+class _Unset:
+    """The default of an option that means another thing with ``--checkpoint``: its value on the
+    synthetic language, kept apart from a value given on the command line."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def add_arguments(parser: argparse.ArgumentParser, preset: ReproduceConfig) -> None:
-    """Every ReproduceConfig field as an option, defaulting to ``preset``'s value."""
+    """Every ReproduceConfig field as an option, defaulting to ``preset``'s value; the full
+    reproduction also takes a released checkpoint (:mod:`mdm_ext.paper`)."""
     add_options(parser, ReproduceConfig, preset)
+    if preset is FULL:
+        paper.add_arguments(parser)
+        parser.set_defaults(**{name: _Unset(getattr(preset, name)) for name in paper.SHARED})
+
+
+def config_from(args: argparse.Namespace) -> Union[ReproduceConfig, paper.PaperConfig]:
+    """The run the options describe: the paper's protocol on ``--checkpoint`` when given, else
+    the synthetic reproduction."""
+    unset = {name for name in paper.SHARED if isinstance(getattr(args, name, None), _Unset)}
+    if getattr(args, "checkpoint", None) is not None:
+        return paper.config_from(args, {name: getattr(args, name) for name in paper.SHARED if name not in unset})
+    values = argparse.Namespace(**{**vars(args), **{name: getattr(args, name).value for name in unset}})
+    return from_options(ReproduceConfig, values)
 
 
 def run(args: argparse.Namespace) -> None:
-    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files."""
-    config = from_options(ReproduceConfig, args)
+    """``mdm-ext demo`` / ``mdm-ext reproduce``: run, print the report, write the files (the
+    report is printed first, so that a failed write loses no result)."""
+    config = config_from(args)
+    if isinstance(config, paper.PaperConfig):
+        paper.run(config)
+        return
     results = reproduce(config)
+    print(markdown(results), flush=True)
     paths = write(results, config.out)
-    print(markdown(results))
     print(f"wrote {', '.join(str(path) for path in paths)}")

@@ -8,6 +8,9 @@ causal attention and the same V + 1 ids, the mask id serving as its beginning-of
 and its mask column left out of the softmax: the two families have the same parameters and losses
 in the same unit (nats per token over all L tokens).
 
+A non-finite loss or weight stops the run with :class:`TrainingDiverged` before it can replace
+a checkpoint: the last one written stays as it was.
+
 Resuming is exact: every random draw of step k (batch windows, noise levels, masks, dropout)
 is a pure function of (seed, k, rank), so a checkpoint needs no RNG state, and a run killed
 after a checkpoint and restarted with the same ``out`` ends with the same weights, bit for bit,
@@ -21,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,13 +37,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .data import TOKEN_DTYPES, ByteTokenizer, TokenDataset, write_tokens
+from .data import TOKEN_DTYPES, ByteTokenizer, TokenDataset, token_dtype, write_tokens
 from .denoiser import Denoiser
-from .files import save_atomic
+from .files import UnusableFile, load_checked, save_atomic, write_atomic
 from .language import MarkovLanguage
 from .loss import OBJECTIVES, autoregressive_loss, masked_diffusion_loss
 from .models import PRESETS, Transformer, TransformerConfig
-from .options import add_options, check_config, from_options, option
+from .options import add_options, at_least, check_config, existing_file, from_options, option
 from .processes import process_device, process_group
 from .schedules import SCHEDULES
 
@@ -55,6 +59,8 @@ _TRAIN_STREAM, _EVAL_STREAM = 1, 2
 MARKOV_CHAIN_LENGTH = 4096
 MARKOV_TRAIN_CHAINS, MARKOV_EVAL_CHAINS = 256, 16
 DEFAULT_MARKOV_VOCAB = 64
+# The share of --text held out for evaluation: the last 1 / TEXT_EVAL_SHARE of its bytes.
+TEXT_EVAL_SHARE = 10
 
 
 @dataclass
@@ -96,6 +102,10 @@ class TrainConfig:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
         )
         check_config(self, rules)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the weights stopped being finite: raised before any checkpoint holds them."""
 
 
 @dataclass
@@ -148,6 +158,9 @@ def train(config: TrainConfig, dataset: TokenDataset, *, eval_dataset: Optional[
                          f"dataset.vocab_size ({mask_id})")
     if until is not None and not 0 <= until <= config.steps:
         raise ValueError(f"until must be in [0, config.steps = {config.steps}], got {until}")
+    for data in (dataset, eval_dataset):
+        if data is not None and len(data) < config.length:
+            raise ValueError(f"length must be at most the {len(data)} tokens of {data.path}, got {config.length}")
     stop = config.steps if until is None else until
 
     device = process_device(config.device)
@@ -176,8 +189,8 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
     checkpoint = Path(config.out) / CHECKPOINT_NAME if config.out is not None else None
     start, eval_history = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        _check_resumable(state, config, world_size)
+        state = load_checked(checkpoint)
+        _check_resumable(state, config, world_size, checkpoint)
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -195,6 +208,8 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
                     for i in range(config.eval_batches)] if rank == 0 else []
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and rank == 0), desc="train")
     losses: list[torch.Tensor] = []
+    saved = start if checkpoint is not None and checkpoint.exists() else None  # the step on disk
+    checked = 0  # losses[:checked] are known to be finite
 
     def evaluate(step: int) -> None:
         record = {"step": step, "loss": _evaluate(model, eval_windows, config, mask_id)}
@@ -209,35 +224,67 @@ def _train(config: TrainConfig, dataset: TokenDataset, eval_dataset: Optional[To
                 line += f", train loss {torch.stack(losses[-config.eval_every:]).mean().item():.4f}"
             bar.write(line)
 
-    if rank == 0 and start == 0:
-        evaluate(0)
-    for step in range(start, stop):
-        torch.manual_seed(_derived_seed(config.seed, _TRAIN_STREAM, step, rank))
-        x = dataset.batch(step, config.batch_size, window, seed=config.seed, rank=rank,
-                          world_size=world_size).to(device, non_blocking=True)
-        with _autocast(device):
-            loss = _loss(network, x, config, mask_id)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        losses.append(loss.detach())
-        bar.update()
-        done = step + 1
-        if rank == 0 and (done % config.eval_every == 0 or done == config.steps):
-            evaluate(done)
-        if rank == 0 and checkpoint is not None and (done % config.checkpoint_every == 0 or done == stop):
-            save_atomic(_checkpoint_state(config, model, ema, optimizer, scheduler, done, eval_history,
-                                           world_size), checkpoint)
-    bar.close()
+    try:  # the bar ends before an error is reported below it
+        if rank == 0 and start == 0:
+            evaluate(0)
+        for step in range(start, stop):
+            torch.manual_seed(_derived_seed(config.seed, _TRAIN_STREAM, step, rank))
+            x = dataset.batch(step, config.batch_size, window, seed=config.seed, rank=rank,
+                              world_size=world_size).to(device, non_blocking=True)
+            with _autocast(device):
+                loss = _loss(network, x, config, mask_id)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            losses.append(loss.detach())
+            bar.update()
+            done = step + 1
+            evaluating = done % config.eval_every == 0 or done == config.steps
+            saving = checkpoint is not None and (done % config.checkpoint_every == 0 or done == stop)
+            if evaluating or saving:  # on every rank, so that all of them stop together
+                _check_finite(model, losses[checked:], start + checked + 1, done, checkpoint, saved, config)
+                checked = len(losses)
+            if rank == 0 and evaluating:
+                evaluate(done)
+            if rank == 0 and saving:
+                save_atomic(_checkpoint_state(config, model, ema, optimizer, scheduler, done, eval_history,
+                                               world_size), checkpoint)
+                saved = done
+    finally:
+        bar.close()
     return TrainResult(
         model=model, ema=ema.module.eval() if ema is not None else None, mask_id=mask_id,
         step=max(start, stop), losses=torch.stack(losses).tolist() if losses else [],
         eval_history=eval_history, checkpoint=checkpoint, rank=rank)
+
+
+def _check_finite(model: Transformer, losses: list[torch.Tensor], first_step: int, done: int,
+                  checkpoint: Optional[Path], saved: Optional[int], config: TrainConfig) -> None:
+    """Raises TrainingDiverged, on every rank, unless the losses of steps first_step..done and
+    every weight are finite (one read of the device, one all-reduce)."""
+    finite_losses = torch.isfinite(torch.stack(losses))
+    finite_weights = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    healthy = torch.stack([finite_losses.all(), finite_weights]).to(torch.int32)
+    if dist.is_initialized():
+        dist.all_reduce(healthy, op=dist.ReduceOp.MIN)
+    losses_finite, weights_finite = healthy.tolist()
+    if losses_finite and weights_finite:
+        return
+    if not finite_losses.all():
+        first = int((~finite_losses).nonzero()[0])
+        cause = f"the training loss is {losses[first].item()} at step {first_step + first}"
+    elif not losses_finite:
+        cause = "another rank's training loss is not finite"
+    else:
+        cause = f"the weights are not finite after step {done}"
+    kept = (f"{checkpoint} still holds step {saved}" if saved is not None else "no checkpoint was written")
+    raise TrainingDiverged(f"training diverged: {cause}; {kept}. Try a lower lr (now {config.lr:g}), "
+                           f"a longer warmup (now {config.warmup}) or gradient clipping (grad_clip)")
 
 
 def _loss(network: nn.Module, x: torch.Tensor, config: TrainConfig, mask_id: int) -> torch.Tensor:
@@ -284,25 +331,28 @@ def _checkpoint_state(config: TrainConfig, model: Transformer, ema: Optional[Ave
     }
 
 
-def _check_resumable(state: dict, config: TrainConfig, world_size: int) -> None:
+def _check_resumable(state: dict, config: TrainConfig, world_size: int, path: Path) -> None:
     saved = dict(state["config"])
     if saved.get("schedule") == "linear":  # checkpoints from before the name became alpha_linear
         saved["schedule"] = "alpha_linear"
     changed = [name for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and saved.get(name) != value]
     if changed:
-        raise ValueError(f"config differs from the checkpoint's in {', '.join(changed)}: "
-                         f"resume with the same settings or use another out folder")
+        raise UnusableFile(path, f"was written with another config (it differs in {', '.join(changed)}): "
+                                 f"resume with the same settings or use another out folder")
     if state["world_size"] != world_size:
-        raise ValueError(f"the checkpoint was written by {state['world_size']} processes, "
-                         f"this run has {world_size}: exact resumption needs the same number")
+        raise UnusableFile(path, f"was written by {state['world_size']} processes, this run has "
+                                 f"{world_size}: exact resumption needs the same number")
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = True,
                map_location: str | torch.device = "cpu") -> Transformer:
     """The network of a checkpoint, in eval mode: the moving average of its weights when it has
-    one and ``ema`` is True, else the trained weights. Its mask id is ``config.vocab_size - 1``."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    one and ``ema`` is True, else the trained weights. Its mask id is ``config.vocab_size - 1``.
+    Raises UnusableFile for a file that is not a checkpoint or fails its checksum."""
+    state = load_checked(path)
+    if not {"model_config", "model", "ema"} <= state.keys():
+        raise UnusableFile(path, "is not a checkpoint of mdm-ext train (it has no model_config, model and ema)")
     model = Transformer(TransformerConfig(**state["model_config"]))
     if ema and state["ema"] is not None:
         # AveragedModel keeps the network under "module." beside its update count
@@ -319,17 +369,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mdm-ext train``: a data source and every TrainConfig field."""
     data = parser.add_argument_group("data (default: a synthetic Markov language, made offline)")
     source = data.add_mutually_exclusive_group()
-    source.add_argument("--data", metavar="FILE.bin", help="token file of flat ids (nanoGPT "
-                        "layout); needs --vocab-size")
-    source.add_argument("--text", metavar="FILE.txt", help="UTF-8 text, as bytes (ids 0..255, "
-                        "mask 256); the last 10%% is held out")
-    source.add_argument("--markov", type=int, metavar="K", help="MarkovLanguage.random(K, seed=0) "
+    source.add_argument("--data", metavar="FILE.bin", type=existing_file, help="token file of flat ids "
+                        "(nanoGPT layout); needs --vocab-size")
+    source.add_argument("--text", metavar="FILE.txt", type=existing_file, help="UTF-8 text, as bytes "
+                        f"(ids 0..255, mask 256); the last 1/{TEXT_EVAL_SHARE} is held out")
+    source.add_argument("--markov", type=at_least(2), metavar="K", help="MarkovLanguage.random(K, seed=0) "
                         f"(default K = {DEFAULT_MARKOV_VOCAB})")
     data.add_argument("--dtype", default="uint16", choices=TOKEN_DTYPES, help="ids of --data "
                       "and --eval-data (default: uint16)")
-    data.add_argument("--vocab-size", type=int, help="ids of --data lie in [0, vocab_size); "
+    data.add_argument("--vocab-size", type=at_least(1), help="ids of --data lie in [0, vocab_size); "
                       "the mask id is vocab_size")
-    data.add_argument("--eval-data", metavar="FILE.bin", help="held-out token file for --data")
+    data.add_argument("--eval-data", metavar="FILE.bin", type=existing_file, help="held-out token file "
+                      "for --data")
     parser.add_argument("--out", default="mdm_ext_out/train", help="folder of the checkpoint, "
                         "result.json and generated data (default: ./mdm_ext_out/train)")
     add_options(parser.add_argument_group("training"), TrainConfig, skip=("out",))
@@ -338,53 +389,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """``mdm-ext train``: train on the chosen data, then write result.json beside the checkpoint."""
     config = from_options(TrainConfig, args)
-    dataset, eval_dataset = _datasets(args)
+    dataset, eval_dataset = _datasets(args, config)
     result = train(config, dataset, eval_dataset=eval_dataset, progress=True)
     if result.rank != 0:
         return
     summary = {"step": result.step, "mask_id": result.mask_id, "checkpoint": str(result.checkpoint),
                "config": asdict(config), "eval_history": result.eval_history}
-    (Path(config.out) / "result.json").write_text(json.dumps(summary, indent=2))
     first, last = result.eval_history[0], result.eval_history[-1]
     print(f"eval loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step "
           f"{last['step']} (nats per token); checkpoint {result.checkpoint}")
+    write_atomic(Path(config.out) / "result.json", lambda file: file.write(json.dumps(summary, indent=2).encode()))
 
 
-def _datasets(args: argparse.Namespace) -> tuple[TokenDataset, Optional[TokenDataset]]:
-    """Training and held-out data of the command line. Every process of a torchrun job writes
-    the same generated files; each write is an atomic rename, so readers see one whole copy."""
+def _datasets(args: argparse.Namespace, config: TrainConfig) -> tuple[TokenDataset, Optional[TokenDataset]]:
+    """Training and held-out data of the command line. Generated files are written once: a
+    later run (a resumed one, every process of a torchrun job) finds them and reads them."""
+    if args.data is None:
+        for name in ("vocab_size", "eval_data"):
+            if getattr(args, name) is not None:
+                raise ValueError(f"{name} applies to --data only, got {getattr(args, name)!r}")
     if args.data is not None:
         if args.vocab_size is None:
-            raise ValueError("--data needs --vocab-size (ids lie in [0, vocab_size))")
+            raise ValueError("data needs --vocab-size (its ids lie in [0, vocab_size))")
         eval_dataset = (TokenDataset(args.eval_data, args.dtype, args.vocab_size)
                         if args.eval_data is not None else None)
         return TokenDataset(args.data, args.dtype, args.vocab_size), eval_dataset
     folder = Path(args.out) / "data"
-    folder.mkdir(parents=True, exist_ok=True)
     if args.text is not None:
-        tokenizer = ByteTokenizer()
-        ids = np.asarray(tokenizer.encode(Path(args.text).read_text(encoding="utf-8")))
-        split = len(ids) - len(ids) // 10
-        parts = {"text-train": ids[:split], "text-eval": ids[split:]}
-        vocab_size = tokenizer.mask_id
-    else:
-        language = MarkovLanguage.random(args.markov or DEFAULT_MARKOV_VOCAB, seed=0)
-        parts = {f"markov{language.vocab_size}-{name}": language.sample(
-                     chains, MARKOV_CHAIN_LENGTH, generator=torch.Generator().manual_seed(seed)).flatten()
-                 for name, chains, seed in (("train", MARKOV_TRAIN_CHAINS, 1),
-                                            ("eval", MARKOV_EVAL_CHAINS, 2))}
-        vocab_size = language.vocab_size
-    train_data, eval_data = (TokenDataset(folder / f"{name}.bin", write_tokens(folder / f"{name}.bin", ids),
-                                          vocab_size) for name, ids in parts.items())
-    return train_data, eval_data
+        ids = _text_ids(args.text, config.length)
+        split = len(ids) - len(ids) // TEXT_EVAL_SHARE
+        vocab_size = ByteTokenizer.mask_id
+        # write_tokens leaves a file that holds these ids already as it is
+        return tuple(TokenDataset(folder / f"text-{name}.bin", write_tokens(folder / f"text-{name}.bin", part),
+                                  vocab_size) for name, part in (("train", ids[:split]), ("eval", ids[split:])))
+    language = MarkovLanguage.random(DEFAULT_MARKOV_VOCAB if args.markov is None else args.markov, seed=0)
+    return tuple(_markov_tokens(folder / f"markov{language.vocab_size}-{name}.bin", language, chains, seed)
+                 for name, chains, seed in (("train", MARKOV_TRAIN_CHAINS, 1), ("eval", MARKOV_EVAL_CHAINS, 2)))
+
+
+def _text_ids(path: str, length: int) -> np.ndarray:
+    """The bytes of the UTF-8 text file ``path`` as ids, after checking it holds enough of them:
+    ``length`` tokens each for training and evaluation."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"text must be UTF-8 text, got byte {data[error.start]:#04x} at offset "
+                         f"{error.start} of {path}") from None
+    needed = TEXT_EVAL_SHARE * length
+    if len(data) < needed:
+        raise ValueError(f"text must hold at least {TEXT_EVAL_SHARE} x length = {needed} bytes (the last "
+                         f"1/{TEXT_EVAL_SHARE} is held out), got {len(data)} in {path}")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _markov_tokens(path: Path, language: MarkovLanguage, chains: int, seed: int) -> TokenDataset:
+    """``chains`` chains of ``language`` drawn under ``seed``, as the token file ``path``: drawn
+    and written unless an earlier run left that file (written atomically, so whole), which is
+    then only checked for its size and ids."""
+    dtype, size = token_dtype(language.vocab_size), chains * MARKOV_CHAIN_LENGTH
+    if path.is_file() and path.stat().st_size == size * dtype.itemsize:
+        dataset = TokenDataset(path, dtype, language.vocab_size)
+        if int(dataset.tokens.max()) < language.vocab_size:
+            return dataset
+    ids = language.sample(chains, MARKOV_CHAIN_LENGTH, generator=torch.Generator().manual_seed(seed)).flatten()
+    return TokenDataset(path, write_tokens(path, ids, dtype), language.vocab_size)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m mdm_ext.train",
-        description="Train a masked diffusion model, or its autoregressive baseline (--causal).")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    """``python -m mdm_ext.train ...``: the same as ``mdm-ext train ...``."""
+    from . import cli
+
+    cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

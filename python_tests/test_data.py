@@ -40,6 +40,17 @@ def test_write_tokens_picks_dtype_and_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+def test_write_tokens_leaves_a_file_that_holds_the_ids(tmp_path):
+    path = tmp_path / "ids.bin"
+    write_tokens(path, np.arange(100) % 7)
+    before = path.stat()
+    assert write_tokens(path, np.arange(100) % 7) == np.uint16
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not written again
+    write_tokens(path, np.arange(100) % 5)
+    assert path.stat().st_ino != before.st_ino and TokenDataset(path).tokens.tolist() == (np.arange(100) % 5).tolist()
+
+
 class WordTokenizer:
     """A user's tokenizer: whole words, the mask last."""
 
@@ -117,7 +128,7 @@ def test_invalid_files_and_ids_raise(tmp_path):
         TokenDataset(tmp_path / "tokens.bin", vocab_size=257).batch(0, 4, 3, seed=0)
     with pytest.raises(ValueError, match="dtype"):
         TokenDataset(tmp_path / "tokens.bin", dtype="float32")
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="holds 6 bytes"):
         TokenDataset(tmp_path / "tokens.bin", dtype="int64")  # 6 bytes: not whole int64 tokens
     with pytest.raises(ValueError, match="fit"):
         write_tokens(tmp_path / "neg.bin", [-1, 2], dtype="uint16")

@@ -50,9 +50,11 @@ def test_batches_get_distinct_seeds_and_ranks_split_them():
         draw_batches(draw, 0, 2, seed=1)
 
 
-def test_sampler_must_fit_the_model(tmp_path):
-    with pytest.raises(ValueError, match="autoregressive"):
+def test_sampler_must_fit_the_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
         cli.main(["sample", *OPTIONS, "--sampler", "autoregressive", "--out", str(tmp_path / "x.pt")])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "mdm-ext sample: error: --sampler autoregressive does not fit a masked model\n"
 
 
 @pytest.mark.parametrize("causal, sampler", [(False, "first_hitting"), (True, "autoregressive")])

@@ -11,7 +11,8 @@ import torch
 from mdm_ext import cli, metrics, reproduce, sample
 from mdm_ext.language import MarkovLanguage
 
-TINY = ["--vocab", "15", "--length", "8", "--samples", "8", "--ancestral-samples", "4", "--steps", "4", "16",
+TINY = ["--vocab", "15", "--length", "8", "--samples", "8", "--ancestral-samples", "4", "--first-hitting-samples", "16",
+        "--steps", "4", "16",
         "--parallel", "2", "--bias-vocab", "64", "--bias-draws", "100", "--train-steps", "2", "--train-batch", "4",
         "--no-progress"]
 # An exact sampler's mean gen NLL lies more than 4 standard errors from the truth with
@@ -28,8 +29,10 @@ def test_demo_writes_the_report(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [(row["precision"], row["steps"]) for row in results["precision"] if row["sampler"] == "ancestral"] == [
         ("float32", 4), ("float64", 4), ("float32", 16), ("float64", 16)]
-    assert [(row["tokens_per_step"], row["order"]) for row in results["first_hitting"]] == [
-        (1, "1"), (2, "1"), (2, "2"), (2, "pc")]
+    # equal cost: a predictor-corrector step costs two calls, so it unmasks twice the tokens
+    assert [(row["nfe"], row["tokens_per_step"], row["order"]) for row in results["first_hitting"]] == [
+        (8, 1, "1"), (4, 2, "1"), (4, 2, "2"), (4, 4, "pc")]
+    assert [row["steps"] for row in results["temperature"]] == [4, 16]
     assert [row["model"] for row in results["training"]] == ["masked diffusion", "autoregressive"]
     assert sum(results["token_bias"]["float32_counts"]) == 100
     assert results["machine"]["cpu_count"] >= 1 and results["config"]["vocab"] == 15

@@ -161,6 +161,7 @@ def test_ancestral_matches_its_exact_law(schedule):
     assert chisquare_pvalue(drawn_cells(result), TABLE) < ALPHA  # 8 steps are far from exact
 
 
+@pytest.mark.slow
 def test_ancestral_many_steps_reproduces_the_joint():
     """At 512 steps the ancestral law is within 2e-3 of the joint in total variation: at 50 000
     draws that moves the chi-square statistic by about 9 (its noncentrality), against a critical
@@ -227,6 +228,7 @@ def test_ancestral_many_steps_on_a_long_tail(legacy_float32):
     assert (pvalue < ALPHA) if legacy_float32 else (pvalue > ALPHA)
 
 
+@pytest.mark.slow
 def test_first_hitting_on_a_long_tail():
     result = sample.first_hitting(PairOracle(), batch_size=20_000, length=TAIL_LENGTH, mask_id=TAIL_MASK, seed=5)
     assert chisquare_pvalue(result.tokens[:, 0] * TAIL_VOCAB + result.tokens[:, 1], TAIL_TABLE.flatten()) > ALPHA

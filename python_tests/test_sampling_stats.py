@@ -162,6 +162,7 @@ def legacy_case() -> tuple[Tensor, Tensor]:
     return probs, reference.legacy_float32_probs(probs)
 
 
+@pytest.mark.slow
 def test_legacy_kernel_matches_exact_legacy_distribution(legacy_case, device):
     probs, legacy_probs = legacy_case
     broadcast = probs.float().to(device).expand(DRAWS, -1)
@@ -171,6 +172,7 @@ def test_legacy_kernel_matches_exact_legacy_distribution(legacy_case, device):
     assert chisquare_pvalue(drawn, legacy_probs) > ALPHA
 
 
+@pytest.mark.slow
 def test_legacy_reference_matches_exact_legacy_distribution(legacy_case):
     probs, legacy_probs = legacy_case
     drawn = reference.legacy_float32_ref(probs.expand(DRAWS, -1), generator=seeded(30))
@@ -186,6 +188,7 @@ def test_legacy_distribution_under_draws_unlikely_tokens():
     assert legacy_probs[1] < 0.5 * probs[1] / probs.sum()
 
 
+@pytest.mark.slow
 def test_float64_draws_tokens_that_float32_noise_cannot():
     """Each of 65535 tail tokens is e^-19.87 ~ 2.4e-9 as likely as the head token. The legacy
     score ratio e(u) / e(u') of two 24-bit uniforms is at most e^19.77, so the legacy recipe can

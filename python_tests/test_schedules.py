@@ -1,6 +1,7 @@
 """Masking schedules under MDLM's names, their inverses and derivatives, and an MDLM-shaped
 network (``model(x, sigma)``) through the samplers."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,6 +146,7 @@ def test_a_checkpoint_trained_under_the_former_linear_name_resumes():
     from mdm_ext.train import TrainConfig, _check_resumable
 
     config = TrainConfig(schedule="alpha_linear")
-    _check_resumable({"config": {**asdict(config), "schedule": "linear"}, "world_size": 1}, config, 1)
+    _check_resumable({"config": {**asdict(config), "schedule": "linear"}, "world_size": 1}, config, 1, Path("run"))
     with pytest.raises(ValueError, match="schedule"):
-        _check_resumable({"config": {**asdict(config), "schedule": "cosine"}, "world_size": 1}, config, 1)
+        _check_resumable({"config": {**asdict(config), "schedule": "cosine"}, "world_size": 1}, config, 1,
+                         Path("run"))

@@ -14,9 +14,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from mdm_ext import cli
 from mdm_ext import train as training
 from mdm_ext.data import TokenDataset, write_tokens
 from mdm_ext.language import MarkovLanguage
@@ -162,8 +164,57 @@ def test_killed_run_resumes_exactly(data, tmp_path):
     train(replace(config, out=str(whole), checkpoint_every=1000), data["train"],
           eval_dataset=data["eval"], until=step + 2)
     assert_same_run(killed, whole)
+    # a write the kill interrupted left a temporary file; the next write removed it
+    assert sorted(path.name for path in killed.iterdir()) == [training.CHECKPOINT_NAME]
 
 
+def test_a_diverging_run_stops_and_keeps_the_good_checkpoint(data, tmp_path, monkeypatch):
+    config = tiny_config(out=str(tmp_path), checkpoint_every=1, eval_every=1)
+    real_loss, calls = training._loss, []
+
+    def nan_at_step_3(network, x, config, mask_id):
+        loss = real_loss(network, x, config, mask_id)
+        calls.append(network.training)
+        return loss * float("nan") if calls.count(True) == 3 else loss
+
+    monkeypatch.setattr(training, "_loss", nan_at_step_3)
+    train(config, data["train"], until=2)
+    checkpoint = tmp_path / training.CHECKPOINT_NAME
+    good = checkpoint.read_bytes()
+    with pytest.raises(training.TrainingDiverged,
+                       match=f"the training loss is nan at step 3; {checkpoint} still holds step 2"):
+        train(config, data["train"])
+    assert checkpoint.read_bytes() == good
+
+
+def test_command_line_refuses_to_save_a_diverged_run(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "--data", str(data["train"].path), "--vocab-size", str(VOCAB), "--out", str(tmp_path),
+                  "--lr", "1e10", "--steps", "40", "--eval-every", "5", "--length", "32", "--batch-size", "8",
+                  "--eval-batches", "1"])
+    assert exit.value.code == 1
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert message.startswith("mdm-ext train: error: training diverged: the training loss is nan at step ")
+    assert message.endswith("no checkpoint was written. Try a lower lr (now 1e+10), a longer warmup (now 100) "
+                            "or gradient clipping (grad_clip)")
+    assert not (tmp_path / training.CHECKPOINT_NAME).exists()
+
+
+def test_generated_data_is_written_once(tmp_path, monkeypatch):
+    language = MarkovLanguage.random(8, seed=0)
+    path = tmp_path / "markov.bin"
+    drawn = np.array(training._markov_tokens(path, language, chains=2, seed=1).tokens)
+    written = path.stat().st_mtime_ns
+    monkeypatch.setattr(MarkovLanguage, "sample", lambda *args, **kwargs: pytest.fail("drawn again"))
+    assert np.array_equal(training._markov_tokens(path, language, chains=2, seed=1).tokens, drawn)
+    assert path.stat().st_mtime_ns == written
+    monkeypatch.undo()
+    # not what an earlier run wrote (replaced, not cut in place: the memory maps above still read it)
+    write_tokens(path, drawn[:50])
+    assert np.array_equal(training._markov_tokens(path, language, chains=2, seed=1).tokens, drawn)
+
+
+@pytest.mark.slow
 def test_torchrun_ranks_stay_identical(data, tmp_path):
     config = tiny_config(steps=4, checkpoint_every=2, eval_every=2, dropout=0.1, out=str(tmp_path))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",

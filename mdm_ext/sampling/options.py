@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import checks
-from ..options import option
+from ..options import at_least, option, real_in
 from .processors import TokenProcessor, check_options
 from .seeds import SeedArgument
 
@@ -24,14 +24,15 @@ class SamplingOptions:
     ``mdm-ext generate`` build their options from them).
     """
 
-    temperature: float = option(1.0, "sampling temperature (0: the most likely token)")
-    top_k: Optional[int] = option(None, "draw among the k likeliest tokens only", type=int)
-    top_p: Optional[float] = option(None, "draw among the likeliest tokens holding probability p", type=float)
-    min_p: Optional[float] = option(None, "drop tokens less likely than p times the likeliest", type=float)
+    temperature: float = option(1.0, "sampling temperature (0: the most likely token)", type=real_in(0))
+    top_k: Optional[int] = option(None, "draw among the k likeliest tokens only", type=at_least(1))
+    top_p: Optional[float] = option(None, "draw among the likeliest tokens holding probability p",
+                                    type=real_in(0, 1, low_open=True))
+    min_p: Optional[float] = option(None, "drop tokens less likely than p times the likeliest", type=real_in(0, 1))
     exclude_ids: Sequence[int] = option((), "token ids never drawn (the mask id never is)")
     eos_id: Optional[int] = option(None, "end-of-sequence id: every position after a sequence's first EOS "
-                                   "becomes EOS", type=int)
-    min_new_tokens: int = option(0, "no EOS at a sequence's first N generated positions")
+                                   "becomes EOS", type=at_least(0))
+    min_new_tokens: int = option(0, "no EOS at a sequence's first N generated positions", type=at_least(0))
     legacy_float32: bool = option(False, "the biased float32 recipe (study only)")
     # Python-only fields
     seed: SeedArgument = field(default=None, metadata={"help": "an int (one stream for the batch), one seed "
